@@ -1,0 +1,3 @@
+"""Adapters to the outside world (containers, health probes, volumes), one Protocol per capability."""
+
+__all__: list[str] = []
