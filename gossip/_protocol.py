@@ -159,6 +159,7 @@ class GossipCore:
 
         self._probe_order: list[str] = []
         self._probe_index = 0
+        self._suspect_turn = False
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._requests: dict[int, _Request] = {}
@@ -308,6 +309,19 @@ class GossipCore:
             self._probe_index = 0
         return None
 
+    def _suspect_to_probe(self, now: float) -> str | None:
+        """Every other probe goes to a member we suspect, least recently probed first.
+
+        Beyond the round-robin, this gives a suspect more chances to hear of the suspicion (the
+        buddy system) and to refute in its ack when its refutation missed us, and it brings the
+        independent confirmations of a truly dead member sooner."""
+        self._suspect_turn = not self._suspect_turn
+        if not self._suspect_turn or not self._suspicions:
+            return None
+        name = min(self._suspicions, key=lambda n: self._suspicions[n].last_probed)
+        self._suspicions[name].last_probed = now
+        return name
+
     def _start_probe(self, now: float, out: list[Action]) -> None:
         self._next_probe = now + self._awareness.scale(self.config.probe_interval)
         if self._table.leaving:
@@ -315,7 +329,7 @@ class GossipCore:
         if self._probe is not None:
             # The previous probe has not concluded (its deadlines were stretched); let it finish.
             return
-        name = self._probe_target()
+        name = self._suspect_to_probe(now) or self._probe_target()
         if name is None:
             return
         entry = self._table.get(name)
@@ -469,7 +483,9 @@ class GossipCore:
 
     def _apply_suspect(self, now: float, message: Suspect, out: list[Action]) -> None:
         outcome = self._table.apply_suspect(message, now)
-        if outcome is Outcome.REFUTE:
+        if outcome is Outcome.IGNORED and message.node == self.name:
+            self._reannounce()
+        elif outcome is Outcome.REFUTE:
             self._refute(message.incarnation, out)
         elif outcome is Outcome.CONFIRMED:
             timer = self._suspicions.get(message.node)
@@ -491,7 +507,9 @@ class GossipCore:
 
     def _apply_dead(self, now: float, message: Dead, out: list[Action]) -> None:
         outcome = self._table.apply_dead(message, now)
-        if outcome is Outcome.REFUTE:
+        if outcome is Outcome.IGNORED and message.node == self.name:
+            self._reannounce()
+        elif outcome is Outcome.REFUTE:
             self._refute(message.incarnation, out)
         elif outcome in (Outcome.DIED, Outcome.LEFT):
             self._suspicions.pop(message.node, None)
@@ -513,6 +531,13 @@ class GossipCore:
         self._awareness.apply(1)
         log.info("%s: refuting an accusation; incarnation now %d", self.name, incarnation)
         self._queue.queue(("m", self.name), encode(self._table.alive_message()))
+
+    def _reannounce(self) -> None:
+        """A stale accusation of us arrived: its sender missed our refutation, so send it again."""
+        key = ("m", self.name)
+        if not self._table.leaving and not self._queue.pending(key):
+            self.stats["reannouncements"] += 1
+            self._queue.queue(key, encode(self._table.alive_message()))
 
     def _emit(self, now: float, kind: EventKind, name: str, out: list[Action]) -> None:
         entry = self._table.get(name)

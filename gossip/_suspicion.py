@@ -19,7 +19,7 @@ def suspicion_timeout(confirmations: int, k: int, min_timeout: float, max_timeou
 
 
 class SuspicionTimer:
-    __slots__ = ("_confirmers", "_k", "_max", "_min", "deadline", "incarnation", "start")
+    __slots__ = ("_confirmers", "_k", "_max", "_min", "deadline", "incarnation", "last_probed", "start")
 
     def __init__(
         self,
@@ -38,6 +38,8 @@ class SuspicionTimer:
         self._max = max_timeout
         self._confirmers = {accuser}
         self.deadline = start + (max_timeout if k >= 1 else min_timeout)
+        self.last_probed = start
+        """When this node last probed the suspect itself (the protocol core keeps it)."""
 
     @property
     def confirmations(self) -> int:
