@@ -466,7 +466,7 @@ class GossipCore:
             log.warning(
                 "%s: %s claimed from %s:%s but alive at %s:%s; refused",
                 self.name, message.node, message.addr[0], message.addr[1], entry.addr[0], entry.addr[1],
-            )  # fmt: skip
+            )
             self._emit(now, EventKind.CONFLICT, message.node, out)
             return
         if outcomes == {Outcome.IGNORED}:
@@ -492,7 +492,8 @@ class GossipCore:
             if timer is not None and timer.confirm(message.sender):
                 self._queue.queue(("m", message.node), encode(message))
         elif outcome is Outcome.SUSPECTED:
-            n = len(self._table)
+            # Only live members can confirm: dead and left ones must not stretch the timeout.
+            n = self._table.count(MemberState.ALIVE) + self._table.count(MemberState.SUSPECT)
             self._suspicions[message.node] = SuspicionTimer(
                 incarnation=message.incarnation,
                 accuser=message.sender,

@@ -79,7 +79,7 @@ def test_a_partition_longer_than_the_suspicion_timeout_heals_after_it_ends() -> 
     sim.network.partition([sim.nodes[n].addr for n in left], [sim.nodes[n].addr for n in right])
     assert sim.run_for(120, stop=lambda: all(
         sim.all_see(r, MemberState.DEAD, [sim.nodes[n] for n in left]) for r in right
-    )), "each side declares the other dead"  # fmt: skip
+    )), "each side declares the other dead"
     sim.run_for(10)
     sim.network.heal()
     healed_at = sim.now
@@ -114,7 +114,7 @@ def test_a_stalled_member_refutes_its_suspicion_through_the_probe_itself() -> No
     sim.pause("node-3", 2.0)
     assert sim.run_for(30, stop=lambda: any(
         (m := n.core.member("node-3")) is not None and m.state is MemberState.SUSPECT for n in sim.running()
-    ))  # fmt: skip
+    ))
     assert sim.run_for(30, stop=lambda: sim.all_see("node-3", MemberState.ALIVE))
     assert sim.nodes["node-3"].core.stats["refutations"] >= 1
     assert deaths(list(sim.nodes.values())) == []
@@ -145,4 +145,4 @@ def test_a_restarted_node_app_state_overtakes_its_earlier_life() -> None:
     sim.join("node-1", ["node-0"])
     assert sim.run_for(60, stop=lambda: all(
         (s := n.core.app_state("node-1")) is not None and s[1] == b"new" for n in sim.running()
-    ))  # fmt: skip
+    ))

@@ -154,4 +154,4 @@ def test_mutated_valid_packets_never_raise_anything_but_decode_error(
         except DecodeError:
             continue
         assert all(type(m).__name__ in {t.__name__ for t in (Ping, IndirectPing, Ack, Nack, Suspect,
-                   Alive, Dead, AppState)} for m in decoded)  # fmt: skip
+                   Alive, Dead, AppState)} for m in decoded)
