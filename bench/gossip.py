@@ -1,0 +1,458 @@
+"""Gossip benchmarks: our members against HashiCorp Serf and kinship, side by side, in one run.
+
+    python bench/gossip.py real   [--sizes 10,30] [--systems ours,serf,kinship] [--kills 3]
+    python bench/gossip.py stress [--size 10] [--seconds 120]
+    python bench/gossip.py sim    [--sizes 100,1000,5000]
+    python bench/gossip.py all
+
+`real` starts N members per system as real processes on 127.0.0.1 (LAN profile, encrypted) and
+prints convergence time, kill -9 to first suspect and to dead at every survivor (median, max), idle
+CPU in % of one core per member, RSS per member and bytes per second per member (counted by
+iptables on the members' ports, the same way for every system). `stress` drops 10 % of UDP packets
+to the members' ports (iptables statistic match) and stops one member with SIGSTOP for 1.5 s every
+10 s, and counts false suspicions and false deaths. `sim` runs our protocol core in virtual time.
+Needs root for iptables; without it, the traffic and stress columns say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gossip import generate_key, lan
+from gossip._messages import MemberState
+from gossip._simulation import Simulation
+
+HERE = Path(__file__).resolve().parent
+CHAIN = "NODEORCH_BENCH"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Event lines -------------------------------------------------------------------------------------
+
+SERF_PATTERNS = [
+    (re.compile(r"serf: EventMemberJoin: (\S+)"), "join"),
+    (re.compile(r"memberlist: Suspect (\S+) has failed"), "suspect"),
+    (re.compile(r"serf: EventMemberFailed: (\S+)"), "dead"),
+    (re.compile(r"serf: EventMemberLeave: (\S+)"), "left"),
+]
+
+
+def parse_json_line(line: str) -> tuple[str, str] | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if obj.get("type") == "event":
+        return obj["kind"], obj["member"]["name"]
+    return None
+
+
+def parse_serf_line(line: str) -> tuple[str, str] | None:
+    for pattern, kind in SERF_PATTERNS:
+        match = pattern.search(line)
+        if match:
+            return kind, match.group(1)
+    return None
+
+
+@dataclass
+class Member:
+    name: str
+    port: int
+    argv: list[str]
+    parse: Callable[[str], tuple[str, str] | None]
+    proc: asyncio.subprocess.Process | None = None
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.events = []
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            parsed = self.parse(line.decode(errors="replace"))
+            if parsed:
+                self.events.append((time.time(), *parsed))
+
+    def first(self, kind: str, member: str, after: float) -> float | None:
+        for at, k, m in self.events:
+            if k == kind and m == member and at >= after:
+                return at
+        return None
+
+    def seen(self, kind: str) -> set[str]:
+        return {m for _, k, m in self.events if k == kind}
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signum)
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def free_ports(count: int, start: int) -> list[int]:
+    ports: list[int] = []
+    port = start
+    while len(ports) < count:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
+            ports.append(port)
+        except OSError:
+            pass
+        port += 1
+    return ports
+
+
+def build(system: str, count: int, base: int, key: str) -> list[Member]:
+    ports = free_ports(count, base)
+    members = []
+    for i, port in enumerate(ports):
+        name = f"{system}-{i}"
+        seed = f"127.0.0.1:{ports[0]}"
+        if system == "ours":
+            argv = [sys.executable, "-m", "gossip", "node", "--name", name, "--bind", f"127.0.0.1:{port}",
+                    "--key", key, "--profile", "lan"] + (["--join", seed] if i else [])
+            members.append(Member(name, port, argv, parse_json_line))
+        elif system == "kinship":
+            argv = [sys.executable, str(HERE / "kinship_member.py"), "--name", name, "--bind",
+                    f"127.0.0.1:{port}", "--key", key] + (["--join", seed] if i else [])
+            members.append(Member(name, port, argv, parse_json_line))
+        else:
+            rpc = port + 10000
+            argv = ["serf", "agent", f"-node={name}", f"-bind=127.0.0.1:{port}", f"-rpc-addr=127.0.0.1:{rpc}",
+                    f"-encrypt={key}", "-log-level=info", "-profile=lan"] + ([f"-join={seed}"] if i else [])
+            members.append(Member(name, port, argv, parse_serf_line))
+    return members
+
+
+# Traffic accounting and fault injection with iptables ---------------------------------------------
+
+
+def iptables(*args: str) -> bool:
+    if shutil.which("iptables") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["iptables", *args], capture_output=True).returncode == 0
+
+
+def chain_setup(low: int, high: int, loss: float = 0.0) -> bool:
+    chain_teardown()
+    if not iptables("-N", CHAIN) or not iptables("-I", "INPUT", "-i", "lo", "-j", CHAIN):
+        return False
+    span = f"{low}:{high}"
+    if loss:
+        iptables("-A", CHAIN, "-p", "udp", "--dport", span, "-m", "statistic", "--mode", "random",
+                 "--probability", str(loss), "-j", "DROP")
+    iptables("-A", CHAIN, "-p", "udp", "--dport", span)
+    iptables("-A", CHAIN, "-p", "tcp", "--dport", span)
+    iptables("-A", CHAIN, "-p", "tcp", "--sport", span)
+    return True
+
+
+def chain_bytes() -> int | None:
+    if shutil.which("iptables") is None or os.geteuid() != 0:
+        return None
+    out = subprocess.run(["iptables", "-L", CHAIN, "-v", "-x", "-n"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    total = 0
+    for line in out.stdout.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) > 2 and parts[2] != "DROP":
+            total += int(parts[1])
+    return total
+
+
+def chain_teardown() -> None:
+    while iptables("-D", "INPUT", "-i", "lo", "-j", CHAIN):
+        pass
+    iptables("-F", CHAIN)
+    iptables("-X", CHAIN)
+
+
+# Scenarios -------------------------------------------------------------------------------------------
+
+
+async def wait_for(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return check()
+
+
+@dataclass
+class RealResult:
+    system: str
+    count: int
+    convergence: float | None = None
+    suspect: list[float] = field(default_factory=list)
+    dead: list[float] = field(default_factory=list)
+    cpu: float | None = None
+    rss: float | None = None
+    bps: float | None = None
+
+
+async def run_real(system: str, count: int, kills: int, idle: float, base: int) -> RealResult:
+    result = RealResult(system, count)
+    members = build(system, count, base, generate_key())
+    names = {m.name for m in members}
+    counting = chain_setup(min(m.port for m in members), max(m.port for m in members))
+    try:
+        await members[0].start()
+        await asyncio.sleep(0.5)
+        await asyncio.gather(*(m.start() for m in members[1:]))
+
+        def everyone_knows_everyone() -> bool:
+            return all(names - {m.name} <= m.seen("join") for m in members)
+
+        # Convergence: from the last member's first sight of the cluster (its join completed)
+        # to the moment every member has seen every other one join.
+        if await wait_for(everyone_knows_everyone, 60):
+            last_join = max(min(at for at, k, _ in m.events if k == "join") for m in members[1:])
+            done = max(max(at for at, k, _ in m.events if k == "join") for m in members)
+            result.convergence = max(0.0, done - last_join)
+        await asyncio.sleep(3)
+
+        cpu0 = [m.cpu_seconds() for m in members]
+        bytes0 = chain_bytes() if counting else None
+        t0 = time.monotonic()
+        await asyncio.sleep(idle)
+        elapsed = time.monotonic() - t0
+        result.cpu = 100 * statistics.mean(m.cpu_seconds() - c for m, c in zip(members, cpu0)) / elapsed
+        result.rss = statistics.mean(m.rss_mb() for m in members)
+        bytes1 = chain_bytes() if counting else None
+        if bytes0 is not None and bytes1 is not None:
+            result.bps = (bytes1 - bytes0) / elapsed / count
+
+        survivors = list(members)
+        for k in range(kills):
+            victim = survivors[1 + k * 3 % (len(survivors) - 1)]
+            survivors.remove(victim)
+            killed = time.time()
+            victim.signal(signal.SIGKILL)
+
+            def all_dead(v: Member = victim, t: float = killed) -> bool:
+                return all(s.first("dead", v.name, t) is not None for s in survivors)
+
+            if not await wait_for(all_dead, 90):
+                print(f"  {system} N={count}: {victim.name} not declared dead everywhere within 90 s")
+            suspects = [s.first("suspect", victim.name, killed) for s in survivors]
+            found = [t - killed for t in suspects if t is not None]
+            if found:
+                result.suspect.append(min(found))
+            result.dead += [t - killed for s in survivors if (t := s.first("dead", victim.name, killed))]
+            await asyncio.sleep(2)
+    finally:
+        await asyncio.gather(*(m.stop() for m in members))
+        chain_teardown()
+    return result
+
+
+@dataclass
+class StressResult:
+    system: str
+    count: int
+    false_suspicions: int = 0
+    false_deaths: int = 0
+    loss_applied: bool = False
+
+
+async def run_stress(system: str, count: int, seconds: float, base: int) -> StressResult:
+    result = StressResult(system, count)
+    members = build(system, count, base, generate_key())
+    names = {m.name for m in members}
+    try:
+        await members[0].start()
+        await asyncio.sleep(0.5)
+        await asyncio.gather(*(m.start() for m in members[1:]))
+        await wait_for(lambda: all(names - {m.name} <= m.seen("join") for m in members), 60)
+        await asyncio.sleep(3)
+        result.loss_applied = chain_setup(min(m.port for m in members), max(m.port for m in members), 0.10)
+        start = time.time()
+        victim = members[count // 2]
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            victim.signal(signal.SIGSTOP)
+            await asyncio.sleep(1.5)
+            victim.signal(signal.SIGCONT)
+            await asyncio.sleep(8.5)
+        chain_teardown()
+        await asyncio.sleep(5)  # let the last suspicions resolve one way or the other
+        for m in members:
+            for at, kind, name in m.events:
+                if at >= start and kind == "suspect":
+                    result.false_suspicions += 1
+                if at >= start and kind == "dead":
+                    result.false_deaths += 1
+    finally:
+        chain_teardown()
+        await asyncio.gather(*(m.stop() for m in members))
+    return result
+
+
+# Simulation ----------------------------------------------------------------------------------------------
+
+
+def run_sim(count: int) -> dict[str, float]:
+    config = lan()
+    sim = Simulation(config, seed=count, record_events=False)
+    built = time.monotonic()
+    nodes = sim.converged_cluster(count)
+    sim.run_for(10)
+    build_seconds = time.monotonic() - built
+    # Dissemination of one update: a metadata change of one member.
+    origin = nodes[0]
+    sent = sum(n.packets_sent for n in nodes)
+    start = sim.now
+    sim._apply(origin, origin.core.set_meta(sim.now, b"v2"))
+    target = int(count * 0.999)
+
+    def informed() -> int:
+        return sum(1 for n in nodes if (m := n.core.member(origin.name)) is not None and m.meta == b"v2")
+
+    sim.run_for(60, stop=lambda: informed() >= target)
+    rounds = (sim.now - start) / config.gossip_interval
+    # Detection of a failure.
+    victim = nodes[count // 2]
+    sim.kill(victim.name)
+    killed = sim.now
+    sim.run_for(300, stop=lambda: sim.all_see(victim.name, MemberState.DEAD))
+    detection = sim.now - killed
+    # Idle message rate.
+    sent = sum(n.packets_sent for n in nodes)
+    idle_start = sim.now
+    sim.run_for(30)
+    rate = (sum(n.packets_sent for n in nodes) - sent) / (sim.now - idle_start) / len(sim.running())
+    return {"rounds": rounds, "detection": detection, "msgs": rate, "build": build_seconds}
+
+
+# Reporting ----------------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def print_real(results: list[RealResult]) -> None:
+    print("\n## Real processes on loopback (LAN profile, encrypted)\n")
+    print("| system | N | converge | first suspect (median) | dead everywhere median / max | idle CPU %/member |"
+          " RSS MB/member | bytes/s/member |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r.system} | {r.count} | {fmt(r.convergence, ' s')} | {fmt(median(r.suspect), ' s')} | "
+              f"{fmt(median(r.dead), ' s')} / {fmt(max(r.dead) if r.dead else None, ' s')} | {fmt(r.cpu, '', 3)} | "
+              f"{fmt(r.rss, '', 1)} | {fmt(r.bps, '', 0)} |")
+    for count in sorted({r.count for r in results}):
+        ours = next((r for r in results if r.system == "ours" and r.count == count), None)
+        if ours is None:
+            continue
+        for peer in results:
+            if peer.count != count or peer.system == "ours":
+                continue
+            ratios = []
+            for label, a, b in (
+                ("dead median", median(ours.dead), median(peer.dead)),
+                ("CPU", ours.cpu, peer.cpu),
+                ("RSS", ours.rss, peer.rss),
+                ("bytes/s", ours.bps, peer.bps),
+            ):
+                if a is not None and b:
+                    ratios.append(f"{label} x{a / b:.2f}")
+            print(f"- N={count}, ours / {peer.system}: " + ", ".join(ratios))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    systems = args.systems.split(",")
+    if "serf" in systems and shutil.which("serf") is None:
+        print("serf is not installed (apt-get install serf); measuring without it")
+        systems.remove("serf")
+    if args.mode in ("real", "all"):
+        results = []
+        for count in [int(s) for s in args.sizes.split(",")]:
+            for system in systems:
+                print(f"# {system}, N={count} ...", flush=True)
+                results.append(await run_real(system, count, args.kills, args.idle, 21000))
+        print_real(results)
+    if args.mode in ("stress", "all"):
+        print(f"\n## Stress: 10 % UDP loss, one member SIGSTOPped 1.5 s every 10 s, {args.seconds:.0f} s\n")
+        print("| system | N | false suspicions | false deaths | loss applied |")
+        print("|---|---|---|---|---|")
+        for system in systems:
+            r = await run_stress(system, args.size, args.seconds, 23000)
+            print(f"| {r.system} | {r.count} | {r.false_suspicions} | {r.false_deaths} | "
+                  f"{'yes' if r.loss_applied else 'no (needs root and iptables)'} |", flush=True)
+    if args.mode in ("sim", "all"):
+        print("\n## Simulation (virtual time, LAN profile)\n")
+        print("| N | rounds to 99.9 % | detection | messages/node/s | wall time to build |")
+        print("|---|---|---|---|---|")
+        for count in [int(s) for s in args.sim_sizes.split(",")]:
+            r = run_sim(count)
+            print(f"| {count} | {r['rounds']:.1f} | {r['detection']:.1f} s | {r['msgs']:.2f} | {r['build']:.0f} s |",
+                  flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["real", "stress", "sim", "all"])
+    parser.add_argument("--sizes", default="10,30")
+    parser.add_argument("--systems", default="ours,serf,kinship")
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--idle", type=float, default=20.0)
+    parser.add_argument("--size", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--sim-sizes", default="100,1000,5000")
+    args = parser.parse_args()
+    print(f"# gossip benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, Python "
+          f"{sys.version.split()[0]}")
+    try:
+        asyncio.run(main_async(args))
+    finally:
+        chain_teardown()
+
+
+if __name__ == "__main__":
+    main()
