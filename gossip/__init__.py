@@ -13,6 +13,7 @@ from gossip._errors import (
     JoinError,
     KeyringError,
     PayloadTooLarge,
+    PeerRefused,
     TransportError,
 )
 from gossip._events import AppStateEvent, Event, EventKind, MemberEvent
@@ -46,6 +47,7 @@ __all__ = [
     "MemoryNetwork",
     "MemoryTransport",
     "PayloadTooLarge",
+    "PeerRefused",
     "Sealer",
     "Transport",
     "TransportError",

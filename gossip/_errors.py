@@ -32,6 +32,10 @@ class TransportError(GossipError):
     """A send or TCP exchange failed (transient: the peer may be down or the network lossy)."""
 
 
+class PeerRefused(TransportError):
+    """The peer's host answered that nothing listens on its port: the member process is gone."""
+
+
 class JoinError(GossipError):
     """No seed could be reached."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from gossip._errors import TransportError
+from gossip._errors import PeerRefused, TransportError
 from gossip._messages import Address
 from gossip._transport import PacketHandler, RequestHandler
 
@@ -136,7 +136,7 @@ class MemoryTransport:
         await asyncio.sleep(there or 0.0)
         endpoint = self._network.endpoints.get(to)
         if endpoint is None or endpoint._on_request is None:
-            raise TransportError(f"{to[0]}:{to[1]}: connection refused")
+            raise PeerRefused(f"{to[0]}:{to[1]}: connection refused")
         endpoint.stats["streams_in"] += 1
         endpoint.stats["bytes_in"] += len(data)
         reply = await endpoint._on_request(data, self._addr)

@@ -26,7 +26,7 @@ from typing import Self
 
 from gossip._config import GossipConfig
 from gossip._crypto import CHANNEL_PACKET, CHANNEL_STREAM, Keyring, Sealer
-from gossip._errors import ClosedError, ConfigError, DecodeError, JoinError, TransportError
+from gossip._errors import ClosedError, ConfigError, DecodeError, JoinError, PeerRefused, TransportError
 from gossip._events import Event
 from gossip._members import Member
 from gossip._messages import Address
@@ -356,11 +356,14 @@ class GossipNode:
 
     async def _exchange(self, action: SendRequest) -> None:
         reply: bytes | None = None
+        refused = False
         try:
             sealed = await self._transport.request(
                 action.to, self._sealer.seal(action.payload, CHANNEL_STREAM), action.timeout
             )
             reply = self._sealer.open(sealed, self._now(), CHANNEL_STREAM) if sealed else b""
+        except PeerRefused:
+            refused = True
         except TransportError as error:
             log.debug("%s: exchange with %s:%s failed: %s", self.name, action.to[0], action.to[1], error)
         except DecodeError:
@@ -369,7 +372,7 @@ class GossipNode:
             return
         ok = False
         try:
-            ok, actions = self.core.on_response(self._now(), action.token, reply)
+            ok, actions = self.core.on_response(self._now(), action.token, reply, refused=refused)
             self._run(actions)
         except Exception:
             log.exception("%s: handling a reply from %s:%s failed", self.name, *action.to)

@@ -343,6 +343,7 @@ class GossipCore:
             now + self._awareness.scale(self.config.probe_interval),
         )
         self.stats["probes"] += 1
+        log.debug("%s: probing %s (%s)", self.name, name, entry.state.label)
         primaries = [encode(Ping(seq, name, self.name, self._table.me.addr))]
         if entry.state is MemberState.SUSPECT:
             # Buddy system: tell the suspect in the probe itself, so it can refute at once.
@@ -374,12 +375,14 @@ class GossipCore:
             out.append(SendRequest(target.addr, ping, token, max(probe.end_deadline - now, 0.01)))
             self.stats["tcp_pings"] += 1
 
-    def _conclude(self, now: float, probe: _Probe, out: list[Action]) -> None:
+    def _conclude(self, now: float, probe: _Probe, out: list[Action], target_refused: bool = False) -> None:
         self._probe = None
         if probe.acked:
             return
         self.stats["probe_failures"] += 1
-        if probe.expected_nacks > 0:
+        if target_refused:
+            pass  # the evidence is about the target, not about our own health
+        elif probe.expected_nacks > 0:
             # Helpers that did not even answer with a nack point at our own links, not the target's.
             missing = probe.expected_nacks - probe.nacks
             if missing > 0:
@@ -658,8 +661,11 @@ class GossipCore:
                 self.stats["drop_unexpected"] += 1
                 return None, out
 
-    def on_response(self, now: float, token: int, payload: bytes | None) -> tuple[bool, list[Action]]:
-        """The reply to a SendRequest (None if the exchange failed); True if it succeeded."""
+    def on_response(
+        self, now: float, token: int, payload: bytes | None, *, refused: bool = False
+    ) -> tuple[bool, list[Action]]:
+        """The reply to a SendRequest (None if the exchange failed, with `refused` when the peer's
+        host said nothing listens there); True if it succeeded."""
         request = self._requests.pop(token, None)
         if request is None:
             return False, []
@@ -692,6 +698,11 @@ class GossipCore:
         if request.kind == "app_pull":
             for node in request.nodes:
                 self._fetching.discard(node)
+        probe = self._probe
+        if refused and request.kind == "tcp_ping" and probe is not None and probe.seq == request.seq:
+            # No ack by the direct timeout, and the host answers that nothing listens: the process
+            # is gone. Waiting for the rest of the probe interval would only delay the suspicion.
+            self._conclude(now, probe, out, target_refused=True)
         return False, out
 
     # App state -------------------------------------------------------------------------------------

@@ -208,15 +208,15 @@ class Simulation:
         expires = sent + action.timeout
         node.bytes_sent += len(action.payload)
 
-        def respond(payload: bytes | None) -> None:
+        def respond(payload: bytes | None, refused: bool = False) -> None:
             if self.nodes.get(node.name) is not node or not node.running:
                 return
             if payload is not None and self.now > expires:
                 payload = None
             if node.paused_until > self.now:
-                self._at(node.paused_until, lambda: respond(payload))
+                self._at(node.paused_until, lambda: respond(payload, refused))
                 return
-            _, actions = node.core.on_response(self.now, action.token, payload)
+            _, actions = node.core.on_response(self.now, action.token, payload, refused=refused)
             self._apply(node, actions)
 
         there = self.network.route(node.addr, action.to)
@@ -227,7 +227,7 @@ class Simulation:
         def arrive() -> None:
             target = self._by_addr.get(action.to)
             if target is None or not target.running:
-                self._at(self.now + there, lambda: respond(None))  # connection refused
+                self._at(self.now + there, lambda: respond(None, refused=True))
                 return
             if not self._deliverable(target, arrive):
                 return

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, Self
 
-from gossip._errors import TransportError
+from gossip._errors import PeerRefused, TransportError
 from gossip._messages import Address
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,8 @@ class UdpTcpTransport:
                 return reply
         except TimeoutError:
             raise TransportError(f"{to[0]}:{to[1]}: no reply within {timeout:.2f}s") from None
+        except ConnectionRefusedError:
+            raise PeerRefused(f"{to[0]}:{to[1]}: connection refused") from None
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as error:
             raise TransportError(f"{to[0]}:{to[1]}: {error}") from None
         finally:

@@ -1,9 +1,9 @@
 """Gossip benchmarks: our members against HashiCorp Serf and kinship, side by side, in one run.
 
-    python bench/gossip.py real   [--sizes 10,30] [--systems ours,serf,kinship] [--kills 3]
-    python bench/gossip.py stress [--size 10] [--seconds 120]
-    python bench/gossip.py sim    [--sizes 100,1000,5000]
-    python bench/gossip.py all
+    python bench/gossip real   [--sizes 10,30] [--systems ours,serf,kinship] [--kills 3]
+    python bench/gossip stress [--size 10] [--seconds 120]
+    python bench/gossip sim    [--sizes 100,1000,5000]
+    python bench/gossip all
 
 `real` starts N members per system as real processes on 127.0.0.1 (LAN profile, encrypted) and
 prints convergence time, kill -9 to first suspect and to dead at every survivor (median, max), idle
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gossip import generate_key, lan
 from gossip._messages import MemberState
@@ -170,7 +170,7 @@ def build(system: str, count: int, base: int, key: str) -> list[Member]:
 def iptables(*args: str) -> bool:
     if shutil.which("iptables") is None or os.geteuid() != 0:
         return False
-    return subprocess.run(["iptables", *args], capture_output=True).returncode == 0
+    return subprocess.run(["iptables", *args], capture_output=True, check=False).returncode == 0
 
 
 def chain_setup(low: int, high: int, loss: float = 0.0) -> bool:
@@ -190,7 +190,7 @@ def chain_setup(low: int, high: int, loss: float = 0.0) -> bool:
 def chain_bytes() -> int | None:
     if shutil.which("iptables") is None or os.geteuid() != 0:
         return None
-    out = subprocess.run(["iptables", "-L", CHAIN, "-v", "-x", "-n"], capture_output=True, text=True)
+    out = subprocess.run(["iptables", "-L", CHAIN, "-v", "-x", "-n"], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return None
     total = 0
@@ -258,7 +258,7 @@ async def run_real(system: str, count: int, kills: int, idle: float, base: int) 
         t0 = time.monotonic()
         await asyncio.sleep(idle)
         elapsed = time.monotonic() - t0
-        result.cpu = 100 * statistics.mean(m.cpu_seconds() - c for m, c in zip(members, cpu0)) / elapsed
+        result.cpu = 100 * statistics.mean(m.cpu_seconds() - c for m, c in zip(members, cpu0, strict=False)) / elapsed
         result.rss = statistics.mean(m.rss_mb() for m in members)
         bytes1 = chain_bytes() if counting else None
         if bytes0 is not None and bytes1 is not None:
@@ -280,7 +280,10 @@ async def run_real(system: str, count: int, kills: int, idle: float, base: int) 
             found = [t - killed for t in suspects if t is not None]
             if found:
                 result.suspect.append(min(found))
-            result.dead += [t - killed for s in survivors if (t := s.first("dead", victim.name, killed))]
+            dead = [t - killed for s in survivors if (t := s.first("dead", victim.name, killed))]
+            result.dead += dead
+            print(f"  kill -9 {victim.name}: first suspect {min(found, default=float('nan')):.2f} s, dead at "
+                  f"all {len(survivors)} survivors: median {statistics.median(dead) if dead else float('nan'):.2f} s")
             await asyncio.sleep(2)
     finally:
         await asyncio.gather(*(m.stop() for m in members))
@@ -319,7 +322,7 @@ async def run_stress(system: str, count: int, seconds: float, base: int) -> Stre
         chain_teardown()
         await asyncio.sleep(5)  # let the last suspicions resolve one way or the other
         for m in members:
-            for at, kind, name in m.events:
+            for at, kind, _name in m.events:
                 if at >= start and kind == "suspect":
                     result.false_suspicions += 1
                 if at >= start and kind == "dead":
@@ -430,9 +433,9 @@ async def main_async(args: argparse.Namespace) -> None:
         print("| N | rounds to 99.9 % | detection | messages/node/s | wall time to build |")
         print("|---|---|---|---|---|")
         for count in [int(s) for s in args.sim_sizes.split(",")]:
-            r = run_sim(count)
-            print(f"| {count} | {r['rounds']:.1f} | {r['detection']:.1f} s | {r['msgs']:.2f} | {r['build']:.0f} s |",
-                  flush=True)
+            sim = run_sim(count)
+            print(f"| {count} | {sim['rounds']:.1f} | {sim['detection']:.1f} s | {sim['msgs']:.2f} | "
+                  f"{sim['build']:.0f} s |", flush=True)
 
 
 def main() -> None:
