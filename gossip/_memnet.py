@@ -17,7 +17,7 @@ from typing import Self
 
 from gossip._errors import PeerRefused, TransportError
 from gossip._messages import Address
-from gossip._transport import PacketHandler, RequestHandler
+from gossip._transport import PacketHandler, RequestHandler, UnreachableHandler
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +83,19 @@ class MemoryTransport:
         self._addr = addr
         self._on_packet: PacketHandler | None = None
         self._on_request: RequestHandler | None = None
+        self._on_unreachable: UnreachableHandler | None = None
         self.stats: Counter[str] = Counter()
 
     @property
     def local_addr(self) -> Address:
         return self._addr
 
-    def serve(self, on_packet: PacketHandler, on_request: RequestHandler) -> None:
+    def serve(
+        self, on_packet: PacketHandler, on_request: RequestHandler, on_unreachable: UnreachableHandler | None = None
+    ) -> None:
         self._on_packet = on_packet
         self._on_request = on_request
+        self._on_unreachable = on_unreachable
 
     async def __aenter__(self) -> Self:
         if self._addr in self._network.endpoints:
@@ -111,14 +115,17 @@ class MemoryTransport:
         delay = self._network.route(self._addr, to)
         if delay is None:
             return
-        asyncio.get_running_loop().call_later(delay, self._deliver, to, data)
+        asyncio.get_running_loop().call_later(delay, self._deliver, to, data, delay)
 
-    def _deliver(self, to: Address, data: bytes) -> None:
+    def _deliver(self, to: Address, data: bytes, delay: float) -> None:
         endpoint = self._network.endpoints.get(to)
         if endpoint is not None and endpoint._on_packet is not None:
             endpoint.stats["packets_in"] += 1
             endpoint.stats["bytes_in"] += len(data)
             endpoint._on_packet(data, self._addr)
+        elif self._on_unreachable is not None:
+            # The host is reachable but nothing listens: it answers "port unreachable".
+            asyncio.get_running_loop().call_later(delay, self._on_unreachable, to)
 
     async def request(self, to: Address, data: bytes, timeout: float) -> bytes:
         try:

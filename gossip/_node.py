@@ -193,7 +193,7 @@ class GossipNode:
         except BaseException:
             await self._transport.__aexit__(None, None, None)
             raise
-        self._transport.serve(self._on_packet, self._on_request)
+        self._transport.serve(self._on_packet, self._on_request, self._on_unreachable)
         self._tasks.add(asyncio.create_task(self._rejoin_seeds()))
         self._arm()
         log.info("%s: gossip listening on %s:%s", self.name, *self._transport.local_addr)
@@ -393,6 +393,10 @@ class GossipNode:
         except Exception:
             self.drops["internal_error"] += 1
             log.exception("%s: handling a packet from %s:%s failed; dropped", self.name, *src)
+
+    def _on_unreachable(self, addr: Address) -> None:
+        if not self._closed:
+            self._run(self.core.on_unreachable(self._now(), addr))
 
     async def _on_request(self, data: bytes, src: Address) -> bytes | None:
         if self._closed:

@@ -395,6 +395,18 @@ class GossipCore:
         log.info("%s: no ack from %s; suspecting it", self.name, probe.target)
         self._apply_suspect(now, Suspect(probe.incarnation, probe.target, self.name), out)
 
+    def on_unreachable(self, now: float, addr: Address) -> list[Action]:
+        """The host at `addr` answered that nothing listens on its gossip port (ICMP port
+        unreachable): if that is the member we are probing, the probe has failed already."""
+        out: list[Action] = []
+        probe = self._probe
+        if probe is not None and not probe.acked:
+            target = self._table.get(probe.target)
+            if target is not None and target.addr == addr:
+                self.stats["probes_unreachable"] += 1
+                self._conclude(now, probe, out, target_refused=True)
+        return out
+
     def _acked(self, seq: int) -> None:
         probe = self._probe
         if probe is not None and probe.seq == seq and not probe.acked:
@@ -698,6 +710,7 @@ class GossipCore:
         if request.kind == "app_pull":
             for node in request.nodes:
                 self._fetching.discard(node)
+            self._fetch_from_owners(request, out)
         probe = self._probe
         if refused and request.kind == "tcp_ping" and probe is not None and probe.seq == request.seq:
             # No ack by the direct timeout, and the host answers that nothing listens: the process
@@ -776,6 +789,15 @@ class GossipCore:
         token = self._request_token(_Request("app_pull", peer, nodes=nodes))
         self.stats["app_pulls"] += 1
         out.append(SendRequest(peer, encode(AppPull(nodes)), token, self.config.tcp_timeout))
+
+    def _fetch_from_owners(self, failed: _Request, out: list[Action]) -> None:
+        """A pull from a relay failed: ask each node for its own state instead (once)."""
+        for node in failed.nodes:
+            owner = self._table.get(node)
+            if owner is None or owner.addr == failed.peer or owner.state is not MemberState.ALIVE:
+                continue
+            if node not in self._fetching:
+                self._fetch((node,), owner.addr, out)
 
     def _check_own_version(self, seen: int, out: list[Action]) -> None:
         """Others hold a version of our state from an earlier life; ours must overtake it."""

@@ -198,10 +198,17 @@ class Simulation:
 
         def deliver() -> None:
             target = self._by_addr.get(action.to)
-            if target is not None and self._deliverable(target, deliver):
+            if target is not None and not target.running:
+                # A killed process on a live host: the host answers "port unreachable".
+                self._at(self.now + delay, lambda: self._unreachable(node, action.to))
+            elif target is not None and self._deliverable(target, deliver):
                 self._apply(target, target.core.on_packet(self.now, action.payload, src))
 
         self._at(self.now + delay, deliver)
+
+    def _unreachable(self, node: SimNode, addr: Address) -> None:
+        if node.running and self.nodes.get(node.name) is node and node.paused_until <= self.now:
+            self._apply(node, node.core.on_unreachable(self.now, addr))
 
     def _send_request(self, node: SimNode, action: SendRequest) -> None:
         sent = self.now

@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 
 PacketHandler = Callable[[bytes, Address], None]
 RequestHandler = Callable[[bytes, Address], Awaitable[bytes | None]]
+UnreachableHandler = Callable[[Address], None]
 
 _LENGTH = struct.Struct(">I")
 _SOCKET_BUFFER = 4 * 1024 * 1024
 """Ask the kernel for roomy UDP buffers, so a burst or a short stall of the loop loses nothing."""
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
+_ORIGIN_ICMP, _ORIGIN_ICMP6 = 2, 3
 
 
 class Transport(Protocol):
@@ -36,8 +41,11 @@ class Transport(Protocol):
     @property
     def local_addr(self) -> Address: ...
 
-    def serve(self, on_packet: PacketHandler, on_request: RequestHandler) -> None:
-        """Install the handlers for inbound traffic; nothing is delivered before this."""
+    def serve(
+        self, on_packet: PacketHandler, on_request: RequestHandler, on_unreachable: UnreachableHandler | None = None
+    ) -> None:
+        """Install the handlers for inbound traffic; nothing is delivered before this.
+        `on_unreachable(addr)`: the host at addr answered that nothing listens on that UDP port."""
 
     def send_packet(self, to: Address, data: bytes) -> None:
         """Send one datagram; failures are counted, never raised (UDP promises nothing anyway)."""
@@ -64,8 +72,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self._owner._datagram(data, _addr(addr))
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier sends (port unreachable): a peer is down; probes will tell.
-        self._owner.stats["udp_errors"] += 1
+        self._owner._icmp_errors()
 
 
 class UdpTcpTransport:
@@ -91,31 +98,43 @@ class UdpTcpTransport:
         self._tcp: asyncio.Server | None = None
         self._on_packet: PacketHandler | None = None
         self._on_request: RequestHandler | None = None
+        self._on_unreachable: UnreachableHandler | None = None
+        self._sock: socket.socket | None = None
         self._local: Address = bind
 
     @property
     def local_addr(self) -> Address:
         return self._local
 
-    def serve(self, on_packet: PacketHandler, on_request: RequestHandler) -> None:
+    def serve(
+        self, on_packet: PacketHandler, on_request: RequestHandler, on_unreachable: UnreachableHandler | None = None
+    ) -> None:
         self._on_packet = on_packet
         self._on_request = on_request
+        self._on_unreachable = on_unreachable
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
         host, port = self._bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(host, port), family=family
-            )
+            sock.bind((host, port))
         except OSError as error:
+            sock.close()
             raise TransportError(f"cannot bind UDP {host}:{port}: {error.strerror or error}") from error
-        self._udp = udp
-        sock = udp.get_extra_info("socket")
+        sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        with contextlib.suppress(OSError):  # Linux: report ICMP errors, with their destination
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        self._sock = sock
+        udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
+        self._udp = udp
         self._local = (host, _addr(sock.getsockname())[1])
         try:
             self._tcp = await asyncio.start_server(
@@ -135,9 +154,32 @@ class UdpTcpTransport:
                 await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
         if self._udp is not None:
             self._udp.close()
-        self._on_packet = self._on_request = None
+            await asyncio.sleep(0)  # the socket closes on the next loop iteration: let it, so the port is free
+        self._on_packet = self._on_request = self._on_unreachable = None
 
     # Datagrams -----------------------------------------------------------------------------------
+
+    def _icmp_errors(self) -> None:
+        """Drain the socket's error queue: a "port unreachable" from a peer's host means nothing
+        listens there any more, which the prober can use at once instead of waiting for a timeout."""
+        self.stats["udp_errors"] += 1
+        if self._sock is None:
+            return
+        for _ in range(64):
+            try:
+                _, ancillary, _, dst = self._sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:
+                return
+            for _level, _kind, data in ancillary:
+                if len(data) < _EXTENDED_ERR.size:
+                    continue
+                _, origin, icmp_type, icmp_code, _, _, _ = _EXTENDED_ERR.unpack_from(data)
+                port_unreachable = (origin == _ORIGIN_ICMP and (icmp_type, icmp_code) == (3, 3)) or (
+                    origin == _ORIGIN_ICMP6 and (icmp_type, icmp_code) == (1, 4)
+                )
+                if port_unreachable and self._on_unreachable is not None and dst:
+                    self.stats["port_unreachable"] += 1
+                    self._on_unreachable(_addr(dst))
 
     def _datagram(self, data: bytes, src: Address) -> None:
         self.stats["packets_in"] += 1
@@ -192,7 +234,7 @@ class UdpTcpTransport:
         finally:
             writer.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def request(self, to: Address, data: bytes, timeout: float) -> bytes:
         writer: asyncio.StreamWriter | None = None
@@ -217,4 +259,4 @@ class UdpTcpTransport:
             if writer is not None:
                 writer.close()
                 with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)

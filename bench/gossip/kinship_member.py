@@ -39,8 +39,14 @@ async def main() -> None:
     async with kinship.Cluster(config) as cluster:
         emit({"type": "ready", "name": args.name})
 
+        events = cluster.events()
+        # Members learned while joining were announced before this subscription existed.
+        for member in cluster.members():
+            if member.name != args.name:
+                emit({"type": "event", "kind": "join", "member": {"name": member.name}})
+
         async def forward() -> None:
-            async for event in cluster.events():
+            async for event in events:
                 kind = KINDS.get(type(event).__name__)
                 member = getattr(event, "member", None)
                 if kind and member is not None:

@@ -122,3 +122,18 @@ async def test_a_leave_is_left_and_a_silent_stop_is_dead(trio: list[GossipNode])
             kinds.append((event.kind, event.member.name))
     assert (EventKind.LEFT, "n2") in kinds and (EventKind.DEAD, "n2") not in kinds
     assert (EventKind.DEAD, "n1") in kinds
+
+
+async def test_a_packet_to_a_closed_port_is_reported_unreachable(make_transport: TransportFactory) -> None:
+    unreachable: asyncio.Queue[Address] = asyncio.Queue()
+
+    async def no_requests(data: bytes, src: Address) -> bytes | None:
+        return None
+
+    async with make_transport(0) as a:
+        b = make_transport(1)
+        async with b:
+            gone = b.local_addr
+        a.serve(lambda data, src: None, no_requests, unreachable.put_nowait)
+        a.send_packet(gone, b"anyone?")
+        assert await asyncio.wait_for(unreachable.get(), 2) == gone

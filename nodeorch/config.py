@@ -1,0 +1,253 @@
+"""The node config file, nodeorch.toml: loading and validation.
+
+Every key is checked: an unknown key, a wrong type or an impossible value is refused with the file,
+the line (when the key can be found in the text), the key and what is wrong. A tiny file works:
+everything but what cannot be guessed has a sane default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossip import ConfigError as GossipConfigError
+from gossip import parse_address
+
+DEFAULT_CONFIG_PATH = Path("/etc/nodeorch/nodeorch.toml")
+DEFAULT_GOSSIP_PORT = 7946
+DEFAULT_API = "127.0.0.1:7947"
+MAX_LABELS = 64
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
+
+
+class ConfigFileError(ValueError):
+    """A config file is refused; the message names the file, the line or key, and the problem."""
+
+    def __init__(self, path: Path | str, problem: str, *, key: str = "", line: int | None = None) -> None:
+        where = str(path)
+        if line is not None:
+            where += f":{line}"
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {problem}")
+        self.path = Path(path)
+        self.key = key
+        self.line = line
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    name: str
+    data_dir: Path = Path("/var/lib/nodeorch")
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSection:
+    name: str = "default"
+    keyring: Path = Path("/etc/nodeorch/keyring")
+    insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GossipSection:
+    bind: tuple[str, int] = ("0.0.0.0", DEFAULT_GOSSIP_PORT)
+    advertise: tuple[str, int] | None = None
+    profile: str = "lan"
+    seeds: tuple[str, ...] = ()
+    discovery: str = "mdns"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSection:
+    listen: str = DEFAULT_API
+    """host:port, or unix:/path for a unix socket."""
+    allow_remote: bool = False
+    """A non-loopback listen address is refused unless this is set."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    path: Path
+    node: NodeSection
+    cluster: ClusterSection
+    gossip: GossipSection
+    api: ApiSection
+    desired_path: Path = Path("/etc/nodeorch/desired.toml")
+
+
+def find_line(text: str, section: str, key: str) -> int | None:
+    """The line where `key` is set inside `[section]` (or at top level), for error messages."""
+    current = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("[") and not line.startswith("[["):
+            current = line.strip("[] ")
+            continue
+        if current == section and re.match(rf"^{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+class _Reader:
+    """Takes keys out of one parsed section, checking each; whatever is left over is unknown."""
+
+    def __init__(self, path: Path, text: str, section: str, table: Any) -> None:
+        self.path, self.text, self.section = path, text, section
+        if not isinstance(table, dict):
+            raise ConfigFileError(path, "must be a table", key=f"[{section}]")
+        self.table = dict(table)
+
+    def fail(self, key: str, problem: str) -> ConfigFileError:
+        qualified = f"{self.section}.{key}" if self.section else key
+        return ConfigFileError(self.path, problem, key=qualified, line=find_line(self.text, self.section, key))
+
+    def take(self, key: str, kind: type, default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table.pop(key)
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise self.fail(key, f"expected {_type_name(kind)}, got {_type_name(type(value))} {value!r}")
+        return value
+
+    def check(self, key: str, value: Any, ok: bool, problem: str) -> Any:
+        if not ok:
+            raise self.fail(key, problem)
+        return value
+
+    def finish(self) -> None:
+        for key in self.table:
+            known = ", ".join(_KNOWN[self.section])
+            raise self.fail(key, f"unknown key (known keys in [{self.section}]: {known})")
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+
+
+_KNOWN = {
+    "node": ["name", "data_dir", "labels"],
+    "cluster": ["name", "keyring", "insecure"],
+    "gossip": ["bind", "advertise", "profile", "seeds", "discovery"],
+    "api": ["listen", "allow_remote"],
+    "desired": ["path"],
+    "": ["node", "cluster", "gossip", "api", "desired"],
+}
+
+
+def _address(reader: _Reader, key: str, text: str, default_port: int) -> tuple[str, int]:
+    try:
+        host, port = parse_address(text, default_port)
+    except GossipConfigError as error:
+        raise reader.fail(key, str(error)) from None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise reader.fail(key, f"{host!r} is not an IP address") from None
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def load_node_config(path: Path | str, *, hostname: Callable[[], str] = socket.gethostname) -> NodeConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigFileError(path, "no such file") from None
+    except OSError as error:
+        raise ConfigFileError(path, f"cannot read: {error.strerror}") from None
+    return parse_node_config(text, path, hostname=hostname)
+
+
+def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
+                      hostname: Callable[[], str] = socket.gethostname) -> NodeConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigFileError(path, f"not valid TOML: {error}") from None
+    top = _Reader(path, text, "", data)
+
+    node = _Reader(path, text, "node", top.take("node", dict, {}))
+    name = node.take("name", str, "") or hostname().split(".")[0]
+    node.check("name", name, bool(_NAME.match(name)),
+               f"{name!r} is not a valid node name (letters, digits, '.', '_', '-'; at most 64)")
+    data_dir = Path(node.take("data_dir", str, "/var/lib/nodeorch"))
+    node.check("data_dir", data_dir, data_dir.is_absolute(), f"{str(data_dir)!r} must be an absolute path")
+    labels = node.take("labels", dict, {})
+    node.check("labels", labels, len(labels) <= MAX_LABELS, f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        node.check("labels", labels, bool(_LABEL_KEY.match(key)), f"label key {key!r} is not valid")
+        node.check("labels", labels, isinstance(value, str) and len(value) <= 128,
+                   f"label {key!r} must be a string of at most 128 characters")
+    node.finish()
+
+    cluster = _Reader(path, text, "cluster", top.take("cluster", dict, {}))
+    cluster_name = cluster.take("name", str, "default")
+    cluster.check("name", cluster_name, bool(_NAME.match(cluster_name)), f"{cluster_name!r} is not a valid name")
+    keyring = Path(cluster.take("keyring", str, "/etc/nodeorch/keyring"))
+    insecure = cluster.take("insecure", bool, False)
+    cluster.finish()
+
+    gossip = _Reader(path, text, "gossip", top.take("gossip", dict, {}))
+    bind = _address(gossip, "bind", gossip.take("bind", str, f"0.0.0.0:{DEFAULT_GOSSIP_PORT}"), DEFAULT_GOSSIP_PORT)
+    advertise_text = gossip.take("advertise", str, "")
+    advertise = _address(gossip, "advertise", advertise_text, bind[1]) if advertise_text else None
+    if advertise is not None:
+        gossip.check("advertise", advertise, not ipaddress.ip_address(advertise[0]).is_unspecified,
+                     "must be an address other hosts can reach, not a wildcard")
+    profile = gossip.take("profile", str, "lan")
+    gossip.check("profile", profile, profile in ("lan", "wan", "local"), f"{profile!r}: expected lan, wan or local")
+    seeds = gossip.take("seeds", list, [])
+    for seed in seeds:
+        gossip.check("seeds", seeds, isinstance(seed, str), f"each seed must be a \"host:port\" string, got {seed!r}")
+        try:
+            parse_address(seed, bind[1])
+        except GossipConfigError as error:
+            raise gossip.fail("seeds", str(error)) from None
+    discovery = gossip.take("discovery", str, "mdns")
+    gossip.check("discovery", discovery, discovery in ("mdns", "none"), f"{discovery!r}: expected mdns or none")
+    gossip.finish()
+
+    api = _Reader(path, text, "api", top.take("api", dict, {}))
+    listen = api.take("listen", str, DEFAULT_API)
+    allow_remote = api.take("allow_remote", bool, False)
+    if listen.startswith("unix:"):
+        api.check("listen", listen, Path(listen[5:]).is_absolute(), "a unix socket path must be absolute")
+    else:
+        host, _ = _address(api, "listen", listen, 7947)
+        api.check("listen", listen, allow_remote or is_loopback(host),
+                  f"{host} is not a loopback address; the status endpoint stays local unless "
+                  "[api] allow_remote = true")
+    api.finish()
+
+    desired = _Reader(path, text, "desired", top.take("desired", dict, {}))
+    desired_path = Path(desired.take("path", str, "/etc/nodeorch/desired.toml"))
+    desired.finish()
+    top.finish()
+
+    return NodeConfig(
+        path=path,
+        node=NodeSection(name, data_dir, dict(labels)),
+        cluster=ClusterSection(cluster_name, keyring, insecure),
+        gossip=GossipSection(bind, advertise, profile, tuple(seeds), discovery),
+        api=ApiSection(listen, allow_remote),
+        desired_path=desired_path,
+    )
