@@ -1,0 +1,305 @@
+"""The composition root: builds the agent from its config and owns every long-lived resource.
+
+Start-up order: keyring, gossip node, status endpoint, discovery, first document, joins, then
+READY=1. Shutdown runs in reverse through an AsyncExitStack: leave the cluster (bounded), stop
+discovery, stop the endpoint, close the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import time
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from gossip import (
+    AppStateEvent,
+    GossipError,
+    GossipNode,
+    JoinError,
+    Keyring,
+    Member,
+    MemberEvent,
+    MemberState,
+    profile,
+)
+from nodeorch import __version__
+from nodeorch.api import ApiServer
+from nodeorch.config import ConfigFileError, NodeConfig, is_loopback
+from nodeorch.desired import DesiredState, load_desired
+from nodeorch.discovery import Discovery
+from nodeorch.document import DocumentError, NodeDocument, decode_document, encode_document
+from nodeorch.eventlog import EventLog
+from nodeorch.keyring import load_keyring
+from nodeorch.systemd import keep_alive, notify, watchdog_interval
+
+log = logging.getLogger(__name__)
+
+LEAVE_TIMEOUT = 5.0
+DESIRED_POLL = 2.0
+MAX_META = 512
+
+
+class AgentError(Exception):
+    """The agent cannot start: a config, keyring or bind problem, with what to do about it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredStatus:
+    state: DesiredState | None
+    error: str = ""
+
+
+class Agent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.node.name
+        self.events = EventLog()
+        self.documents: dict[str, NodeDocument] = {}
+        self.document_drops: Counter[str] = Counter()
+        self.draining = False
+        self.started_at = time.time()
+        self.boot_id = secrets.token_hex(8)
+        self.desired = DesiredStatus(None)
+        self._desired_mtime: float | None = None
+        self._node: GossipNode | None = None
+        self._version = 0
+        self._publish_lock = asyncio.Lock()
+
+    # Views for the status endpoint -------------------------------------------------------------------
+
+    @property
+    def node(self) -> GossipNode:
+        if self._node is None:
+            raise RuntimeError("the agent is not running")
+        return self._node
+
+    def members(self) -> list[Member]:
+        return sorted(self.node.members(), key=lambda m: m.name)
+
+    def stale(self, name: str) -> bool:
+        member = self.node.member(name)
+        return member is None or member.state in (MemberState.DEAD, MemberState.LEFT)
+
+    def differing_digests(self) -> list[str]:
+        own = self.desired.state.digest if self.desired.state else ""
+        return sorted(
+            name for name, doc in self.documents.items()
+            if doc.desired_digest != own and not self.stale(name)
+        )
+
+    # Lifetime ----------------------------------------------------------------------------------------
+
+    def _keyring(self) -> Keyring | None:
+        """The cluster keyring; plaintext only when configured insecure, or when gossip stays on
+        loopback and no keyring file exists (a single-host test bed)."""
+        cluster = self.config.cluster
+        if cluster.insecure:
+            log.warning("%s: gossip runs in plaintext ([cluster] insecure = true)", self.name)
+            return None
+        if not cluster.keyring.exists() and is_loopback(self.config.gossip.bind[0]):
+            log.warning("%s: no keyring at %s; plaintext gossip on loopback only", self.name, cluster.keyring)
+            return None
+        try:
+            return load_keyring(cluster.keyring)
+        except ValueError as error:
+            raise AgentError(str(error)) from None
+
+    def _meta(self) -> bytes:
+        """Labels ride in the gossip metadata, so every member table shows them."""
+        meta = json.dumps(dict(self.config.node.labels), separators=(",", ":"), sort_keys=True).encode()
+        if len(meta) > MAX_META:
+            raise AgentError(f"{self.config.path}: node.labels take {len(meta)} bytes encoded; the limit is {MAX_META}")
+        return meta
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = self.config
+        keyring = self._keyring()
+        self._load_desired(initial=True)
+        async with AsyncExitStack() as stack:
+            try:
+                self._node = await stack.enter_async_context(
+                    GossipNode(
+                        profile(config.gossip.profile),
+                        name=self.name,
+                        bind=config.gossip.bind,
+                        advertise=config.gossip.advertise,
+                        cluster=config.cluster.name,
+                        keyring=keyring,
+                        insecure=keyring is None,
+                        meta=self._meta(),
+                    )
+                )
+            except GossipError as error:
+                raise AgentError(f"gossip: {error}") from None
+            stream = self.node.events()
+            api = await stack.enter_async_context(ApiServer(self, config.api.listen))
+            discovery = None
+            if config.gossip.discovery == "mdns":
+                discovery = await stack.enter_async_context(
+                    Discovery(self.name, config.cluster.name, self.node.local_addr, self._discovered)
+                )
+            await self.publish()
+            await self._join_seeds()
+            notify("READY=1\nSTATUS=joined; serving on " + api.where)
+            self.events.append("agent.started", node=self.name, api=api.where)
+            log.info("%s: agent running: gossip %s:%s, status endpoint %s", self.name,
+                     *self.node.local_addr, api.where)
+            async with asyncio.TaskGroup() as tasks:
+                workers = [
+                    tasks.create_task(self._pump(stream)),
+                    tasks.create_task(self._watch_desired()),
+                ]
+                interval = watchdog_interval()
+                if interval is not None:
+                    workers.append(tasks.create_task(keep_alive(interval)))
+                await stop.wait()
+                notify("STOPPING=1")
+                self.events.append("agent.stopping", node=self.name)
+                for worker in workers:
+                    worker.cancel()
+            with contextlib.suppress(GossipError):
+                left = await self.node.leave(timeout=LEAVE_TIMEOUT)
+                log.info("%s: left the cluster%s", self.name, "" if left else " (not confirmed in time)")
+            stream.close()
+            del discovery
+
+    async def _join_seeds(self) -> None:
+        seeds = list(self.config.gossip.seeds)
+        if not seeds:
+            return
+        try:
+            joined = await self.node.join(seeds)
+            log.info("%s: joined through %d of %d seeds", self.name, joined, len(seeds))
+        except JoinError as error:
+            # Not fatal: the seeds are retried periodically, and discovery may find peers.
+            log.warning("%s: %s; retrying in the background", self.name, error)
+            self.events.append("agent.join_failed", error=str(error))
+
+    async def _discovered(self, addr: tuple[str, int]) -> None:
+        known = {m.addr for m in self.node.members()}
+        if addr in known:
+            return
+        try:
+            await self.node.join([addr])
+            log.info("%s: joined %s:%s found by mDNS", self.name, *addr)
+        except JoinError as error:
+            log.debug("%s: discovered peer %s:%s did not answer: %s", self.name, *addr, error)
+
+    # Documents -----------------------------------------------------------------------------------------
+
+    def own_document(self) -> NodeDocument:
+        desired = self.desired.state
+        return NodeDocument(
+            name=self.name,
+            version=self._version,
+            boot_id=self.boot_id,
+            agent_version=__version__,
+            labels=dict(self.config.node.labels),
+            draining=self.draining,
+            desired_revision=desired.revision if desired else None,
+            desired_digest=desired.digest if desired else "",
+            desired_error=self.desired.error,
+            api=self.config.api.listen,
+            updated_at=time.time(),
+        )
+
+    async def publish(self) -> None:
+        """Write this node's document and gossip it; an oversized one is refused and logged."""
+        async with self._publish_lock:
+            self._version = max(self._version + 1, int(time.time() * 1000))
+            document = self.own_document()
+            try:
+                data = encode_document(document)
+            except DocumentError as error:
+                self.document_drops["oversized_own"] += 1
+                log.error("%s: not publishing: %s", self.name, error)
+                self.events.append("document.refused", node=self.name, error=str(error))
+                return
+            self.documents[self.name] = document
+            await self.node.set_app_state(data)
+
+    async def set_draining(self, draining: bool) -> None:
+        if draining != self.draining:
+            self.draining = draining
+            self.events.append("node.draining" if draining else "node.undrained", node=self.name)
+            await self.publish()
+
+    async def _pump(self, stream: object) -> None:
+        from gossip import EventStream
+
+        assert isinstance(stream, EventStream)
+        async for event in stream:
+            if isinstance(event, MemberEvent):
+                m = event.member
+                self.events.append(f"member.{event.kind.value}", node=m.name, addr=f"{m.addr[0]}:{m.addr[1]}",
+                                   state=m.state.label, incarnation=m.incarnation)
+            elif isinstance(event, AppStateEvent) and event.node != self.name:
+                self._receive_document(event)
+
+    def _receive_document(self, event: AppStateEvent) -> None:
+        try:
+            document = decode_document(event.data)
+        except DocumentError as error:
+            self.document_drops["invalid"] += 1
+            log.warning("%s: refused the document of %s: %s", self.name, event.node, error)
+            return
+        if document.name != event.node:
+            self.document_drops["wrong_owner"] += 1
+            log.warning("%s: %s published a document claiming to be %s; refused",
+                        self.name, event.node, document.name)
+            return
+        previous = self.documents.get(document.name)
+        if previous is not None and previous.version >= document.version:
+            return
+        self.documents[document.name] = document
+        self.events.append("document.updated", node=document.name, version=document.version)
+
+    # Desired state ---------------------------------------------------------------------------------------
+
+    def _load_desired(self, *, initial: bool = False) -> bool:
+        """Re-read desired.toml if it changed; True if what we publish changed."""
+        path = self.config.desired_path
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = None
+        if not initial and mtime == self._desired_mtime:
+            return False
+        self._desired_mtime = mtime
+        try:
+            state = load_desired(path)
+        except ConfigFileError as error:
+            changed = self.desired.error != str(error)
+            self.desired = DesiredStatus(self.desired.state, str(error))
+            if changed:
+                log.error("%s: desired state refused, keeping the last good one: %s", self.name, error)
+                self.events.append("desired.error", error=str(error))
+            return changed
+        if self.desired.state == state and not self.desired.error:
+            return False
+        self.desired = DesiredStatus(state)
+        self.events.append("desired.loaded", revision=state.revision, digest=state.digest)
+        log.info("%s: desired state revision %d (%s)", self.name, state.revision, state.digest)
+        return True
+
+    async def _watch_desired(self) -> None:
+        loop = asyncio.get_running_loop()
+        reload = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, reload.set)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reload.wait(), DESIRED_POLL)
+            forced = reload.is_set()
+            reload.clear()
+            if forced:
+                self._desired_mtime = None
+            if self._load_desired(initial=forced):
+                await self.publish()

@@ -1,0 +1,219 @@
+"""The local HTTP status endpoint (aiohttp, embedded with AppRunner): read-only JSON, plus drain.
+
+Shapes are documented in the README. Errors are JSON too: {"error": "..."} with the HTTP status.
+It listens on loopback or a unix socket; a remote address must be allowed in the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from aiohttp import web
+
+from nodeorch import __version__
+from nodeorch.metrics import render_metrics
+
+if TYPE_CHECKING:
+    from nodeorch.agent import Agent
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BODY = 16 * 1024
+EVENTS_KEEPALIVE = 15.0
+AGENT: web.AppKey[Agent] = web.AppKey("agent")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _json({"error": error.reason, "path": request.path}, status=error.status)
+
+
+def member_json(member: Any) -> dict[str, Any]:
+    return {
+        "name": member.name,
+        "addr": member.addr[0],
+        "port": member.addr[1],
+        "state": member.state.label,
+        "incarnation": member.incarnation,
+        "labels": _labels(member.meta),
+        "state_since": round(member.state_since, 3),
+    }
+
+
+def _labels(meta: bytes) -> dict[str, str]:
+    try:
+        labels = json.loads(meta) if meta else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def status_json(agent: Agent) -> dict[str, Any]:
+    counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+    for member in agent.node.members():
+        counts[member.state.label] += 1
+    desired = agent.desired.state
+    return {
+        "node": agent.name,
+        "cluster": agent.config.cluster.name,
+        "version": __version__,
+        "uptime": round(time.time() - agent.started_at, 1),
+        "draining": agent.draining,
+        "members": counts,
+        "desired": {
+            "revision": desired.revision if desired else None,
+            "digest": desired.digest if desired else None,
+            "error": agent.desired.error or None,
+        },
+        "digest_differs": agent.differing_digests(),
+        "jobs": {},
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(status_json(request.app[AGENT]))
+
+
+async def members(request: web.Request) -> web.Response:
+    return _json([member_json(m) for m in request.app[AGENT].members()])
+
+
+async def nodes(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    return _json([
+        {"name": d.name, "version": d.version, "stale": agent.stale(d.name), "draining": d.draining,
+         "desired_revision": d.desired_revision, "desired_digest": d.desired_digest,
+         "updated_at": d.updated_at}
+        for d in sorted(agent.documents.values(), key=lambda d: d.name)
+    ])
+
+
+async def node(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    name = request.match_info["name"]
+    document = agent.documents.get(name)
+    if document is None:
+        raise web.HTTPNotFound(reason=f"no document from node {name!r}")
+    return _json({**document.to_json(), "stale": agent.stale(name)})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT]
+    try:
+        since = int(request.query.get("since", "0"))
+        if since < 0:
+            raise ValueError
+    except ValueError:
+        raise web.HTTPBadRequest(reason="since must be a non-negative integer (an event seq)") from None
+    follow = request.query.get("follow", "1") not in ("0", "false", "no")
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    seq = since
+    while True:
+        batch = agent.events.since(seq) if not follow else await agent.events.wait_after(seq, EVENTS_KEEPALIVE)
+        for event in batch:
+            await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            seq = event["seq"]
+        if not follow:
+            break
+        if not batch:
+            await response.write(b"\n")  # keep-alive: a blank line, skipped by readers
+    await response.write_eof()
+    return response
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=render_metrics(request.app[AGENT]), content_type="text/plain",
+                        charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def drain(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    await agent.set_draining(True)
+    return _json({"node": agent.name, "draining": True})
+
+
+async def undrain(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    await agent.set_draining(False)
+    return _json({"node": agent.name, "draining": False})
+
+
+def build_app(agent: Agent) -> web.Application:
+    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_REQUEST_BODY)
+    app[AGENT] = agent
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/members", members)
+    app.router.add_get("/v1/nodes", nodes)
+    app.router.add_get("/v1/nodes/{name}", node)
+    app.router.add_get("/v1/events", events)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/drain", drain)
+    app.router.add_post("/v1/undrain", undrain)
+    return app
+
+
+def _prepare_unix_socket(path: Path) -> str:
+    """Create the socket's folder, and remove a stale socket left by an earlier run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()
+    return str(path)
+
+
+class ApiServer:
+    """`async with ApiServer(agent, "127.0.0.1:7947")` serves until exit; also "unix:/path"."""
+
+    def __init__(self, agent: Agent, listen: str) -> None:
+        self._agent = agent
+        self._listen = listen
+        self._runner: web.AppRunner | None = None
+        self.where = listen
+
+    async def __aenter__(self) -> Self:
+        from gossip import parse_address
+        from nodeorch.config import DEFAULT_API
+
+        self._runner = web.AppRunner(build_app(self._agent), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        try:
+            site: web.BaseSite
+            if self._listen.startswith("unix:"):
+                site = web.UnixSite(self._runner, _prepare_unix_socket(Path(self._listen[5:])))
+            else:
+                host, port = parse_address(self._listen, int(DEFAULT_API.rsplit(":", 1)[1]))
+                site = web.TCPSite(self._runner, host, port, reuse_address=True)
+            await site.start()
+        except OSError as error:
+            await self._runner.cleanup()
+            raise OSError(f"status endpoint cannot listen on {self._listen}: {error.strerror or error}") from None
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._runner is not None:
+            await asyncio.shield(self._runner.cleanup())

@@ -1,0 +1,306 @@
+"""The nodeorch command line: the agent itself, and a debug CLI that talks to a running agent.
+
+Exit codes: 0 ok; 1 the agent answered with a problem; 2 usage or a refused file; 3 no agent
+could be reached (the message says where the CLI looked and how to point it elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from nodeorch import __version__
+from nodeorch.config import DEFAULT_API, DEFAULT_CONFIG_PATH, ConfigFileError, load_node_config
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Unreachable(Exception):
+    pass
+
+
+class AgentProblem(Exception):
+    pass
+
+
+# Talking to an agent ------------------------------------------------------------------------------
+
+
+def config_path(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get("NODEORCH_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def api_address(args: argparse.Namespace) -> tuple[str, str]:
+    """(address, where it came from), for the error message when nobody answers there."""
+    if args.api:
+        return args.api, "--api"
+    if os.environ.get("NODEORCH_API"):
+        return os.environ["NODEORCH_API"], "NODEORCH_API"
+    path = config_path(getattr(args, "config", None))
+    try:
+        return load_node_config(path).api.listen, f"[api] listen in {path}"
+    except (ConfigFileError, OSError):
+        return DEFAULT_API, "the default"
+
+
+def _session_and_base(api: str) -> tuple[aiohttp.ClientSession, str]:
+    timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
+    if api.startswith("unix:"):
+        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=api[5:]), timeout=timeout), "http://agent"
+    base = api if api.startswith("http") else f"http://{api}"
+    return aiohttp.ClientSession(timeout=timeout), base
+
+
+async def call(api: str, method: str, path: str) -> Any:
+    session, base = _session_and_base(api)
+    async with session:
+        try:
+            async with session.request(method, base + path) as response:
+                body = await response.read()
+        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as error:
+            raise Unreachable(str(error) or type(error).__name__) from None
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = body.decode(errors="replace")
+    if response.status >= 400:
+        message = data.get("error") if isinstance(data, dict) else data
+        raise AgentProblem(f"HTTP {response.status}: {message}")
+    return data
+
+
+# Output --------------------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header], *[[("-" if c is None else str(c)) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def ago(unix: float | None) -> str:
+    if not unix:
+        return "-"
+    seconds = max(0.0, time.time() - unix)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def show_status(data: dict[str, Any]) -> str:
+    members = data["members"]
+    desired = data["desired"]
+    lines = [
+        f"node      {data['node']}  (cluster {data['cluster']}, nodeorch {data['version']}, up {data['uptime']:.0f}s)",
+        f"members   {members['alive']} alive, {members['suspect']} suspect, {members['dead']} dead, "
+        f"{members['left']} left",
+        f"desired   revision {desired['revision']} digest {desired['digest']}"
+        + (f"\n          ERROR: {desired['error']}" if desired.get("error") else ""),
+        f"draining  {'yes' if data.get('draining') else 'no'}",
+    ]
+    if data.get("digest_differs"):
+        lines.append(f"differs   nodes with another desired state: {', '.join(data['digest_differs'])}")
+    return "\n".join(lines)
+
+
+def show_members(data: list[dict[str, Any]]) -> str:
+    rows = [(m["name"], f"{m['addr']}:{m['port']}", m["state"], m["incarnation"], ago(m["state_since"]),
+             ",".join(f"{k}={v}" for k, v in sorted(m["labels"].items())) or "-") for m in data]
+    return table(rows, ["NAME", "ADDRESS", "STATE", "INC", "SINCE", "LABELS"])
+
+
+def show_nodes(data: list[dict[str, Any]]) -> str:
+    rows = [(d["name"], d["version"], "stale" if d["stale"] else "current", "yes" if d["draining"] else "no",
+             d["desired_revision"], d["desired_digest"] or "-", ago(d["updated_at"])) for d in data]
+    return table(rows, ["NAME", "VERSION", "DOCUMENT", "DRAINING", "REVISION", "DIGEST", "UPDATED"])
+
+
+# Commands -------------------------------------------------------------------------------------------
+
+
+async def run_query(args: argparse.Namespace) -> int:
+    api, source = api_address(args)
+    try:
+        if args.command == "events":
+            return await run_events(api, args)
+        if args.command in ("drain", "undrain"):
+            data = await call(api, "POST", f"/v1/{args.command}")
+            print(json.dumps(data) if args.json else f"{data['node']}: draining {'on' if data['draining'] else 'off'}")
+            return EXIT_OK
+        path = {"status": "/v1/status", "members": "/v1/members", "nodes": "/v1/nodes"}[args.command]
+        if args.command == "nodes" and args.name:
+            path = f"/v1/nodes/{args.name}"
+        data = await call(api, "GET", path)
+    except Unreachable as error:
+        print(f"nodeorch: no agent answered at {api} ({source}): {error}\n"
+              "  start one with `nodeorch agent`, or point the CLI elsewhere with --api HOST:PORT "
+              "(or unix:/path) or NODEORCH_API", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except AgentProblem as error:
+        print(f"nodeorch: the agent at {api} answered: {error}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json or (args.command == "nodes" and args.name):
+        print(json.dumps(data, indent=2))
+    else:
+        renderers: dict[str, Callable[[Any], str]] = {
+            "status": show_status, "members": show_members, "nodes": show_nodes,
+        }
+        print(renderers[args.command](data))
+    return EXIT_OK
+
+
+async def run_events(api: str, args: argparse.Namespace) -> int:
+    session, base = _session_and_base(api)
+    follow = "1" if args.follow else "0"
+    async with session:
+        try:
+            async with session.get(f"{base}/v1/events?since={args.since}&follow={follow}") as response:
+                if response.status >= 400:
+                    raise AgentProblem(f"HTTP {response.status}: {(await response.text())[:200]}")
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    if args.json:
+                        print(line.decode().rstrip(), flush=True)
+                    else:
+                        event = json.loads(line)
+                        rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("seq", "time", "kind"))
+                        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+                        print(f"{event['seq']:>6} {stamp} {event['kind']:<18} {rest}", flush=True)
+        except (aiohttp.ClientConnectionError, OSError) as error:
+            raise Unreachable(str(error)) from None
+    return EXIT_OK
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from nodeorch.agent import Agent, AgentError
+
+    path = config_path(args.config)
+    try:
+        config = load_node_config(path)
+    except ConfigFileError as error:
+        print(f"nodeorch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Agent(config).run(stop)
+
+    try:
+        asyncio.run(main())
+    except (AgentError, OSError) as error:
+        print(f"nodeorch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from gossip import generate_key
+    from nodeorch.keyring import KeyringFileError, write_keyring
+
+    if not args.keyring:
+        print(generate_key())
+        return EXIT_OK
+    try:
+        write_keyring(Path(args.keyring), force=args.force)
+    except (KeyringFileError, OSError) as error:
+        print(f"nodeorch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote a new key to {args.keyring} (mode 0600); copy the same file to every host")
+    return EXIT_OK
+
+
+def run_spec_check(args: argparse.Namespace) -> int:
+    from nodeorch.desired import load_desired
+
+    try:
+        desired = load_desired(Path(args.file))
+    except ConfigFileError as error:
+        print(f"nodeorch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: ok (revision {desired.revision}, digest {desired.digest}, "
+          f"{len(desired.services)} services, {len(desired.volumes)} volumes)")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodeorch", description="masterless node orchestrator")
+    p.add_argument("--version", action="version", version=f"nodeorch {__version__}")
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = commands.add_parser("agent", help="run the agent (what systemd starts)")
+    agent.add_argument("--config", help=f"default: $NODEORCH_CONFIG, then {DEFAULT_CONFIG_PATH}")
+    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def query(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = commands.add_parser(name, help=help_text)
+        q.add_argument("--api", help="agent address HOST:PORT or unix:/path (default: $NODEORCH_API, "
+                       "then [api] listen of the config, then 127.0.0.1:7947)")
+        q.add_argument("--config", help="config file to read the API address from")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        return q
+
+    query("status", "this node, the cluster at a glance")
+    query("members", "the member table as this node sees it")
+    query("nodes", "node documents held by this node").add_argument("name", nargs="?", help="one node, in full")
+    events = query("events", "the event log; -f to follow")
+    events.add_argument("-f", "--follow", action="store_true")
+    events.add_argument("--since", type=int, default=0, help="only events after this seq")
+    query("drain", "move this node's work away")
+    query("undrain", "take work again")
+
+    keygen = commands.add_parser("keygen", help="a new cluster key (printed, or written to a keyring file)")
+    keygen.add_argument("--keyring", help="write a new keyring file (mode 0600) instead of printing")
+    keygen.add_argument("--force", action="store_true", help="replace an existing keyring file")
+
+    spec = commands.add_parser("spec", help="desired-state files")
+    spec_commands = spec.add_subparsers(dest="spec_command", required=True, metavar="SUBCOMMAND")
+    check = spec_commands.add_parser("check", help="validate a desired.toml")
+    check.add_argument("file")
+
+    dev = commands.add_parser("dev", help="a local cluster of agents on loopback, with a live status table")
+    dev.add_argument("--nodes", type=int, default=3)
+    dev.add_argument("--dir", help="folder for configs, keyring, data and logs (default: a new temp folder)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "agent":
+        return run_agent(args)
+    if args.command == "keygen":
+        return run_keygen(args)
+    if args.command == "spec":
+        return run_spec_check(args)
+    if args.command == "dev":
+        from nodeorch.dev import run_dev
+
+        return run_dev(args)
+    try:
+        return asyncio.run(run_query(args))
+    except Unreachable as error:
+        print(f"nodeorch: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except AgentProblem as error:
+        print(f"nodeorch: {error}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return 130

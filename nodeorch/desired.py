@@ -1,0 +1,66 @@
+"""The desired-state file, desired.toml: loading, validation and its digest.
+
+The file is refused as a whole when anything in it is wrong, with the file, the line or key, and
+what is wrong; a running agent keeps its last good desired state. The digest (SHA-256 of the
+file's bytes) goes into the node document, so nodes can tell when their files differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nodeorch.config import ConfigFileError, find_line
+
+_TOP_KEYS = {"revision", "service", "volume"}
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    revision: int
+    digest: str
+    services: tuple[dict[str, Any], ...] = ()
+    volumes: tuple[dict[str, Any], ...] = ()
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def load_desired(path: Path) -> DesiredState:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigFileError(path, "no such file") from None
+    except OSError as error:
+        raise ConfigFileError(path, f"cannot read: {error.strerror}") from None
+    return parse_desired(data, path)
+
+
+def parse_desired(data: bytes, path: Path | str = "desired.toml") -> DesiredState:
+    path = Path(path)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as error:
+        raise ConfigFileError(path, f"not UTF-8 text (byte {error.start})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigFileError(path, f"not valid TOML: {error}") from None
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigFileError(path, f"unknown key (expected {', '.join(sorted(_TOP_KEYS))})",
+                                  key=key, line=find_line(text, "", key))
+    revision = raw.get("revision")
+    if type(revision) is not int or revision < 0:
+        raise ConfigFileError(path, "must be a non-negative integer, bumped with every change",
+                              key="revision", line=find_line(text, "", "revision"))
+    services = raw.get("service", [])
+    volumes = raw.get("volume", [])
+    for kind, items in (("service", services), ("volume", volumes)):
+        if type(items) is not list or any(type(i) is not dict for i in items):
+            raise ConfigFileError(path, f"must be an array of tables: [[{kind}]]", key=kind)
+    return DesiredState(revision, digest_of(data), tuple(services), tuple(volumes))

@@ -1,0 +1,142 @@
+"""Node documents: what each node reports about itself, carried on the gossip app-state hooks.
+
+Each node is the only author of its own document, so documents never conflict: a higher version
+from the owner replaces the lower one. A document is small (at most MAX_DOCUMENT_SIZE bytes) and is
+checked on both ends: the owner refuses to publish an oversized one, and receivers refuse to store one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+MAX_DOCUMENT_SIZE = 32 * 1024
+"""Bytes of one encoded document; several kilobytes is the expected size, this is the ceiling."""
+
+Scalar = str | int | float | bool | None
+Record = Mapping[str, Scalar]
+
+
+class DocumentError(ValueError):
+    """A document is malformed or too large."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDocument:
+    name: str
+    version: int
+    """Only grows: a newer document from the same owner always has a higher version."""
+    boot_id: str
+    """Random per agent start: tells a restart from a long silence."""
+    agent_version: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    draining: bool = False
+    desired_revision: int | None = None
+    desired_digest: str = ""
+    desired_error: str = ""
+    """Why this node refused its desired-state file, if it did (it keeps the last good one)."""
+    api: str = ""
+    updated_at: float = 0.0
+    """Unix time the owner wrote this version."""
+    instances: tuple[Record, ...] = ()
+    replicas: tuple[Record, ...] = ()
+    health: tuple[Record, ...] = ()
+
+    def replace(self, **changes: Any) -> NodeDocument:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "boot_id": self.boot_id,
+            "agent_version": self.agent_version,
+            "labels": dict(self.labels),
+            "draining": self.draining,
+            "desired": {"revision": self.desired_revision, "digest": self.desired_digest,
+                        "error": self.desired_error},
+            "api": self.api,
+            "updated_at": self.updated_at,
+            "instances": [dict(r) for r in self.instances],
+            "replicas": [dict(r) for r in self.replicas],
+            "health": [dict(r) for r in self.health],
+        }
+
+
+_FIELDS = {
+    "n": "name", "v": "version", "b": "boot_id", "av": "agent_version", "l": "labels", "d": "draining",
+    "dr": "desired_revision", "dd": "desired_digest", "de": "desired_error", "api": "api",
+    "u": "updated_at", "i": "instances", "r": "replicas", "h": "health",
+}
+_KEYS = {v: k for k, v in _FIELDS.items()}
+
+
+def encode_document(document: NodeDocument) -> bytes:
+    """The document's wire form; DocumentError if it exceeds MAX_DOCUMENT_SIZE."""
+    payload = {
+        _KEYS[f.name]: _plain(getattr(document, f.name)) for f in dataclasses.fields(document)
+    }
+    data: bytes = msgpack.packb(payload, use_bin_type=True)
+    if len(data) > MAX_DOCUMENT_SIZE:
+        raise DocumentError(f"document of {document.name} is {len(data)} bytes; the limit is {MAX_DOCUMENT_SIZE}")
+    return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple):
+        return [dict(r) for r in value]
+    return value
+
+
+def _check(ok: bool, problem: str) -> None:
+    if not ok:
+        raise DocumentError(problem)
+
+
+def _records(value: Any, what: str) -> tuple[Record, ...]:
+    _check(type(value) is list and len(value) <= 4096, f"{what} must be a list")
+    records = []
+    for item in value:
+        _check(type(item) is dict and len(item) <= 64, f"{what} entries must be small tables")
+        for key, scalar in item.items():
+            _check(type(key) is str and len(key) <= 64, f"{what}: bad key")
+            _check(scalar is None or type(scalar) in (str, int, float, bool), f"{what}.{key}: not a scalar")
+            _check(not isinstance(scalar, str) or len(scalar) <= 4096, f"{what}.{key}: string too long")
+        records.append(dict(item))
+    return tuple(records)
+
+
+def decode_document(data: bytes) -> NodeDocument:
+    """A validated document from its wire form; DocumentError for anything else."""
+    _check(len(data) <= MAX_DOCUMENT_SIZE, f"{len(data)} bytes; the limit is {MAX_DOCUMENT_SIZE}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0, max_array_len=len(data),
+                              max_map_len=len(data), max_str_len=len(data), max_bin_len=0)
+    except Exception as error:  # msgpack raises many types for bad input
+        raise DocumentError(f"not a document: {type(error).__name__}") from None
+    _check(type(raw) is dict, "not a document: expected a table")
+    # Fields added by newer agents are ignored, not refused, so versions can mix during an upgrade.
+    values: dict[str, Any] = {_FIELDS[k]: v for k, v in raw.items() if k in _FIELDS}
+    _check(type(values.get("name")) is str and 0 < len(values["name"]) <= 128, "name: missing or invalid")
+    _check(type(values.get("version")) is int and values["version"] >= 0, "version: missing or invalid")
+    _check(type(values.get("boot_id")) is str, "boot_id: missing")
+    for key in ("agent_version", "desired_digest", "desired_error", "api"):
+        _check(type(values.get(key, "")) is str, f"{key}: expected a string")
+    labels = values.get("labels", {})
+    _check(type(labels) is dict and all(type(k) is str and type(v) is str for k, v in labels.items()),
+           "labels: expected a table of strings")
+    _check(type(values.get("draining", False)) is bool, "draining: expected a boolean")
+    revision = values.get("desired_revision")
+    _check(revision is None or type(revision) is int, "desired_revision: expected an integer")
+    updated = values.get("updated_at", 0.0)
+    _check(type(updated) in (int, float), "updated_at: expected a number")
+    values["updated_at"] = float(updated)
+    for key in ("instances", "replicas", "health"):
+        values[key] = _records(values.get(key, []), key)
+    return NodeDocument(**values)
