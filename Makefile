@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   a local gossip cluster on loopback, live membership as it converges and heals
+#   make demo   `nodeorch dev`: three agents on loopback with a demo desired state and live status
 #   make test   lint, type-check and the whole test suite
+#   make gossip-demo   the gossip layer alone: members converging, a kill -9, a restart, a leave
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit sim integration bench-gossip clean
+.PHONY: demo gossip-demo test lint typecheck unit sim integration bench-gossip clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
+	$(VENV)/bin/nodeorch dev --nodes 3
+
+gossip-demo: $(STAMP)
 	$(PY) -m gossip demo --nodes 5
 
 lint: $(STAMP)
@@ -27,6 +31,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint typecheck
+	@scripts/provision-test-host
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: $(STAMP)

@@ -241,6 +241,10 @@ class GossipNode:
     def member(self, name: str) -> Member | None:
         return self.core.member(name)
 
+    def alive_peers(self) -> list[Member]:
+        """Other members currently alive or suspect."""
+        return self.core.alive_peers()
+
     @property
     def local(self) -> Member:
         return self.core.local

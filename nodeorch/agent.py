@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 LEAVE_TIMEOUT = 5.0
 DESIRED_POLL = 2.0
 MAX_META = 512
+JOIN_RETRY_MAX = 15.0
 
 
 class AgentError(Exception):
@@ -146,7 +147,7 @@ class Agent:
                     Discovery(self.name, config.cluster.name, self.node.local_addr, self._discovered)
                 )
             await self.publish()
-            await self._join_seeds()
+            joined = await self._join_seeds()
             notify("READY=1\nSTATUS=joined; serving on " + api.where)
             self.events.append("agent.started", node=self.name, api=api.where)
             log.info("%s: agent running: gossip %s:%s, status endpoint %s", self.name,
@@ -156,6 +157,8 @@ class Agent:
                     tasks.create_task(self._pump(stream)),
                     tasks.create_task(self._watch_desired()),
                 ]
+                if not joined:
+                    workers.append(tasks.create_task(self._keep_joining()))
                 interval = watchdog_interval()
                 if interval is not None:
                     workers.append(tasks.create_task(keep_alive(interval)))
@@ -170,17 +173,27 @@ class Agent:
             stream.close()
             del discovery
 
-    async def _join_seeds(self) -> None:
+    async def _join_seeds(self) -> bool:
+        """One attempt through every seed; True if one answered (or there are none)."""
         seeds = list(self.config.gossip.seeds)
         if not seeds:
-            return
+            return True
         try:
             joined = await self.node.join(seeds)
-            log.info("%s: joined through %d of %d seeds", self.name, joined, len(seeds))
         except JoinError as error:
-            # Not fatal: the seeds are retried periodically, and discovery may find peers.
-            log.warning("%s: %s; retrying in the background", self.name, error)
+            log.warning("%s: %s; retrying", self.name, error)
             self.events.append("agent.join_failed", error=str(error))
+            return False
+        log.info("%s: joined through %d of %d seeds", self.name, joined, len(seeds))
+        return True
+
+    async def _keep_joining(self) -> None:
+        """Until a first join succeeds, retry soon and then less often (0.5 s doubling to 15 s):
+        hosts booting together should not wait a whole rejoin interval for each other."""
+        delay = 0.5
+        while not self.node.alive_peers() and not await self._join_seeds():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, JOIN_RETRY_MAX)
 
     async def _discovered(self, addr: tuple[str, int]) -> None:
         known = {m.addr for m in self.node.members()}

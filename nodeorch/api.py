@@ -150,12 +150,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def drain(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
+    await request.read()  # takes no body; an oversized one is refused (413) rather than ignored
     await agent.set_draining(True)
     return _json({"node": agent.name, "draining": True})
 
 
 async def undrain(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
+    await request.read()
     await agent.set_draining(False)
     return _json({"node": agent.name, "draining": False})
 

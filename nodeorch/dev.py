@@ -117,13 +117,12 @@ def render(rows: list[dict[str, Any]], started: float) -> str:
     lines = []
     for row in rows:
         if "error" in row:
-            lines.append((row.get("name", row.get("node")), row["api"], "-", "-", "-", "-", row["error"]))
+            lines.append((row.get("name", row.get("node")), row["api"], "-", "-", "-", row["error"]))
             continue
         m = row["members"]
         lines.append((row["node"], row["api"], f"{m['alive']}/{m['suspect']}/{m['dead']}/{m['left']}",
-                      row["desired"]["revision"], "yes" if row["draining"] else "no",
-                      f"{row['uptime']:.0f}s", ""))
-    header = ["NODE", "API", "ALIVE/SUSPECT/DEAD/LEFT", "REVISION", "DRAINING", "UP", "NOTE"]
+                      row["desired"]["revision"], "yes" if row["draining"] else "no", ""))
+    header = ["NODE", "API", "ALIVE/SUSPECT/DEAD/LEFT", "REVISION", "DRAINING", "NOTE"]
     return f"nodeorch dev: {len(rows)} agents, {time.monotonic() - started:.0f}s\n" + table(lines, header)
 
 

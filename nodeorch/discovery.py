@@ -54,8 +54,14 @@ class Discovery:
             properties={"cluster": self._cluster, "node": self._node, "v": "1"},
             server=f"{self._node}.local.",
         )
-        await self._zeroconf.async_register_service(self._info, allow_name_change=False)
-        self._browser = AsyncServiceBrowser(self._zeroconf.zeroconf, SERVICE_TYPE, handlers=[self._changed])
+        try:
+            await self._zeroconf.async_register_service(self._info, allow_name_change=False)
+            self._browser = AsyncServiceBrowser(self._zeroconf.zeroconf, SERVICE_TYPE, handlers=[self._changed])
+        except Exception as error:  # no multicast-capable interface, a name clash, ...: seeds still work
+            log.warning("%s: mDNS discovery unavailable: %s", self._node, error)
+            await self._zeroconf.async_close()
+            self._zeroconf = self._info = None
+            return self
         log.info("%s: mDNS announcing %s:%s for cluster %s", self._node, *self._addr, self._cluster)
         return self
 

@@ -1,0 +1,101 @@
+"""Agents as real processes for the integration tests: configs in a temp folder, one loopback
+address each (like separate hosts), and the CLI run as a user would run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from nodeorch.keyring import write_keyring
+
+from .conftest import free_port
+
+
+def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nodeorch", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+class AgentProcess:
+    def __init__(self, folder: Path, name: str, ip: str, seeds: list[str], *, cluster: str = "test",
+                 extra: str = "", env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.ip = ip
+        self.gossip_port = free_port()
+        self.api_port = free_port()
+        self.api = f"{ip}:{self.api_port}"
+        self.gossip = f"{ip}:{self.gossip_port}"
+        self.dir = folder / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "nodeorch.toml"
+        self.log = self.dir / "agent.log"
+        self.env = env or {}
+        keyring = folder / "keyring"
+        if not keyring.exists():
+            write_keyring(keyring)
+        desired = folder / "desired.toml"
+        if not desired.exists():
+            desired.write_text("revision = 1\n")
+        self.config.write_text(f"""
+[node]
+name = "{name}"
+data_dir = "{self.dir / 'data'}"
+labels = {{ zone = "z-{name}" }}
+[cluster]
+name = "{cluster}"
+keyring = "{keyring}"
+[gossip]
+bind = "{self.gossip}"
+seeds = {json.dumps(seeds)}
+discovery = "none"
+[api]
+listen = "{self.api}"
+[desired]
+path = "{desired}"
+{extra}
+""")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nodeorch", "agent", "--config", str(self.config), "--log-level", "debug"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
+            )
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cli_json(self, *args: str) -> Any:
+        result = cli(*args, "--api", self.api, "--json")
+        assert result.returncode == 0, f"{args}: {result.returncode} {result.stderr}"
+        return json.loads(result.stdout)
+
+    async def wait_ready(self, timeout: float = 20) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if cli("status", "--api", self.api, timeout=5).returncode == 0:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")
+
+
+def states(agent: AgentProcess) -> dict[str, str]:
+    return {m["name"]: m["state"] for m in agent.cli_json("members")}

@@ -1,0 +1,86 @@
+"""nodeorch.toml: a tiny file works; each kind of mistake gets its precise message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nodeorch.config import ConfigFileError, load_node_config, parse_node_config
+
+
+def parse(text: str):  # type: ignore[no-untyped-def]
+    return parse_node_config(text, "/etc/nodeorch/nodeorch.toml", hostname=lambda: "host-7.example")
+
+
+def test_an_empty_file_gives_sane_defaults() -> None:
+    config = parse("")
+    assert config.node.name == "host-7"
+    assert config.node.data_dir == Path("/var/lib/nodeorch")
+    assert config.cluster.name == "default" and not config.cluster.insecure
+    assert config.gossip.bind == ("0.0.0.0", 7946) and config.gossip.profile == "lan"
+    assert config.gossip.discovery == "mdns"
+    assert config.api.listen == "127.0.0.1:7947"
+    assert config.desired_path == Path("/etc/nodeorch/desired.toml")
+
+
+def test_a_full_file_is_read() -> None:
+    config = parse("""
+[node]
+name = "node-a"
+data_dir = "/srv/nodeorch"
+labels = { zone = "z1", disk = "ssd" }
+[cluster]
+name = "prod"
+keyring = "/etc/nodeorch/keyring"
+[gossip]
+bind = "10.0.0.5:8000"
+advertise = "10.0.0.5"
+profile = "wan"
+seeds = ["10.0.0.6:8000", "seed.example.internal"]
+discovery = "none"
+[api]
+listen = "unix:/run/nodeorch/api.sock"
+[desired]
+path = "/srv/desired.toml"
+""")
+    assert config.node.labels == {"zone": "z1", "disk": "ssd"}
+    assert config.gossip.advertise == ("10.0.0.5", 8000), "the advertise port defaults to the bind port"
+    assert config.gossip.seeds == ("10.0.0.6:8000", "seed.example.internal")
+    assert config.api.listen == "unix:/run/nodeorch/api.sock"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[node]\nnmae = 'x'\n",
+         "nodeorch.toml:2: node.nmae: unknown key (known keys in [node]: name, data_dir, labels)"),
+        ("[gossip]\nbind = 7946\n", "nodeorch.toml:2: gossip.bind: expected a string, got an integer 7946"),
+        ("[gossip]\nbind = \"10.0.0.1:99999\"\n", "gossip.bind: port out of range"),
+        ("[gossip]\nbind = \"myhost:7946\"\n", "gossip.bind: 'myhost' is not an IP address"),
+        ("[gossip]\nprofile = \"metro\"\n", "gossip.profile: 'metro': expected lan, wan or local"),
+        ("[gossip]\nseeds = [7946]\n", "gossip.seeds: each seed must be a \"host:port\" string"),
+        ("[gossip]\nadvertise = \"0.0.0.0\"\n", "gossip.advertise: must be an address other hosts can reach"),
+        ("[node]\ndata_dir = \"data\"\n", "node.data_dir: 'data' must be an absolute path"),
+        ("[node]\nname = \"bad name!\"\n", "node.name: 'bad name!' is not a valid node name"),
+        ("[api]\nlisten = \"0.0.0.0:7947\"\n", "api.listen: 0.0.0.0 is not a loopback address"),
+        ("[cluster]\ninsecure = \"yes\"\n", "cluster.insecure: expected true or false, got a string 'yes'"),
+        ("[colour]\n", "nodeorch.toml: colour: unknown key"),
+        ("[node\nname = 1", "not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 6)"),
+    ],
+)
+def test_each_mistake_names_the_file_line_key_and_problem(text: str, expected: str) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        parse(text)
+    assert expected in str(caught.value)
+    assert str(caught.value).startswith("/etc/nodeorch/nodeorch.toml")
+
+
+def test_a_remote_api_address_needs_explicit_permission() -> None:
+    config = parse("[api]\nlisten = \"10.0.0.5:7947\"\nallow_remote = true\n")
+    assert config.api.listen == "10.0.0.5:7947"
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="no such file"):
+        load_node_config(tmp_path / "nodeorch.toml")
