@@ -1,8 +1,8 @@
 """Finding peers with zeroconf mDNS: announce this agent, browse for others, join the ones of
 the same cluster. Browsing never stops, so a late or returning host is found without a restart.
 
-Service type `_nodeorch._udp.local.`; the TXT record carries the cluster name and the node name;
-the SRV port is the gossip port. Peers of another cluster are seen and ignored.
+Service type `_nodeorch._udp.local.`; the TXT record carries the cluster name, the node name and
+the gossip port (also the SRV port). Peers of another cluster are seen and ignored.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Discovery:
             f"{self._node}.{SERVICE_TYPE}",
             addresses=[host.packed],
             port=self._addr[1],
-            properties={"cluster": self._cluster, "node": self._node, "v": "1"},
+            properties={"cluster": self._cluster, "node": self._node, "port": str(self._addr[1]), "v": "1"},
             server=f"{self._node}.local.",
         )
         try:

@@ -275,6 +275,11 @@ def test_the_agent_refuses_bad_config_and_unsafe_keyrings_with_exit_2(folder: Pa
     agent = AgentProcess(folder, "picky", "127.0.0.2", [], extra="[bogus]\n")
     result = cli("agent", "--config", str(agent.config))
     assert result.returncode == 2 and "bogus: unknown key" in result.stderr
+    wide = AgentProcess(folder, "wide", "127.0.0.2", [], extra="")
+    text = wide.config.read_text().replace(f'bind = "{wide.gossip}"', 'bind = "0.0.0.0:7946"\nadvertise = "10.1.2.3"')
+    wide.config.write_text(text.replace(f'keyring = "{folder / "keyring"}"', f'keyring = "{folder / "absent"}"'))
+    result = cli("agent", "--config", str(wide.config))
+    assert result.returncode == 2 and "no such keyring file" in result.stderr and "nodeorch keygen" in result.stderr
     fine = AgentProcess(folder, "keys", "127.0.0.2", [])
     (folder / "keyring").chmod(0o644)
     result = cli("agent", "--config", str(fine.config))
