@@ -131,20 +131,24 @@ class Simulation:
 
     # Running -------------------------------------------------------------------------------------
 
-    def run_until(self, until: float, stop: Callable[[], bool] | None = None) -> bool:
-        """Process events up to `until`; returns True early if `stop()` became true."""
+    def run_until(self, until: float, stop: Callable[[], bool] | None = None, check_every: float = 0.0) -> bool:
+        """Process events up to `until`; returns True early if `stop()` became true. With
+        `check_every`, stop() is asked at most once per that much virtual time (for costly checks)."""
+        next_check = self.now
         while self._heap and self._heap[0][0] <= until:
             at, _, callback = heapq.heappop(self._heap)
             self.now = at
             callback()
             self.processed += 1
-            if stop is not None and stop():
-                return True
+            if stop is not None and self.now >= next_check:
+                if stop():
+                    return True
+                next_check = self.now + check_every
         self.now = max(self.now, until)
-        return False
+        return stop is not None and stop()
 
-    def run_for(self, duration: float, stop: Callable[[], bool] | None = None) -> bool:
-        return self.run_until(self.now + duration, stop)
+    def run_for(self, duration: float, stop: Callable[[], bool] | None = None, check_every: float = 0.0) -> bool:
+        return self.run_until(self.now + duration, stop, check_every)
 
     def _at(self, at: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (at, next(self._order), callback))

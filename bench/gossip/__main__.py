@@ -265,13 +265,13 @@ def run_sim(count: int) -> dict[str, float]:
     def informed() -> int:
         return sum(1 for n in nodes if (m := n.core.member(origin.name)) is not None and m.meta == b"v2")
 
-    sim.run_for(60, stop=lambda: informed() >= target)
+    sim.run_for(60, stop=lambda: informed() >= target, check_every=0.02)
     rounds = (sim.now - start) / config.gossip_interval
     # Detection of a failure.
     victim = nodes[count // 2]
     sim.kill(victim.name)
     killed = sim.now
-    sim.run_for(300, stop=lambda: sim.all_see(victim.name, MemberState.DEAD))
+    sim.run_for(300, stop=lambda: sim.all_see(victim.name, MemberState.DEAD), check_every=0.05)
     detection = sim.now - killed
     # Idle message rate.
     sent = sum(n.packets_sent for n in nodes)
