@@ -37,7 +37,7 @@ from nodeorch.dev import DevCluster
 async def follow(session: aiohttp.ClientSession, api: str, node: str, arrivals: dict[int, float],
                  ready: asyncio.Event) -> None:
     """Record when document.updated events about `node` arrive at the agent behind `api`."""
-    async with session.get(f"http://{api}/v1/events?since=1000000000") as response:
+    async with session.get(f"http://{api}/v1/events?since=999999999999") as response:
         ready.set()
         async for line in response.content:
             if line.strip():

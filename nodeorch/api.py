@@ -129,7 +129,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     follow = request.query.get("follow", "1") not in ("0", "false", "no")
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    seq = since
+    seq = min(since, agent.events.last_seq)  # beyond the end means "from now on"
     while True:
         batch = agent.events.since(seq) if not follow else await agent.events.wait_after(seq, EVENTS_KEEPALIVE)
         for event in batch:

@@ -148,6 +148,12 @@ async def test_the_event_stream_resumes_after_a_seq(trio: list[AgentProcess]) ->
                 line = await asyncio.wait_for(stream.content.readline(), 10)
             event = json.loads(line)
             assert event["seq"] > last
+        async with session.get(f"http://{a.api}/v1/events?since=999999999") as future:
+            trio[1].cli_json("undrain")
+            line = b""
+            while not line.strip():
+                line = await asyncio.wait_for(future.content.readline(), 10)
+            assert json.loads(line)["seq"] > event["seq"], "a since beyond the end means from now on"
         async with session.get(f"http://{a.api}/v1/events?since=banana") as bad:
             assert bad.status == 400 and "since" in (await bad.json())["error"]
     follow = cli("events", "--api", a.api, "--since", str(last))

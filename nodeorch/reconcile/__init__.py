@@ -1,0 +1,1 @@
+"""Reconcilers: level-triggered, idempotent repair of what this node is responsible for."""
