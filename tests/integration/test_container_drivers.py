@@ -1,0 +1,108 @@
+"""One conformance suite for every container driver: the real process driver and the in-memory
+one (the Docker driver joins when it lands)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState
+from drivers.containers.memory import MemoryDriver
+from drivers.containers.process import ProcessDriver, process_start_ticks
+
+SLEEPER = (sys.executable, "-c", "import time, os; print(os.environ['NODEORCH_SLOT'], flush=True); time.sleep(300)")
+
+
+@pytest.fixture(params=["process", "memory"])
+def make_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ContainerDriver]:
+    if request.param == "process":
+        return lambda: ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    shared = MemoryDriver()
+    return lambda: shared
+
+
+def spec(slot: str = "0", digest: str = "d1", command: tuple[str, ...] = SLEEPER) -> InstanceSpec:
+    return InstanceSpec("web", slot, digest, command, env={"GREETING": "hi"})
+
+
+async def test_start_list_stop(make_driver: Callable[[], ContainerDriver]) -> None:
+    driver = make_driver()
+    status = await driver.start(spec())
+    assert status.state is InstanceState.RUNNING and status.key == "web/0" and status.digest == "d1"
+    assert [s.key for s in await driver.instances()] == ["web/0"]
+    with pytest.raises(DriverError, match="already runs"):
+        await driver.start(spec())
+    await driver.stop("web", "0", grace=2)
+    assert await driver.instances() == []
+    await driver.stop("web", "0", grace=2)  # absent: no error
+
+
+async def test_a_command_that_cannot_run_is_a_permanent_error(make_driver: Callable[[], ContainerDriver]) -> None:
+    driver = make_driver()
+    with pytest.raises(DriverError) as caught:
+        await driver.start(spec(command=()))
+    assert not caught.value.transient
+
+
+async def test_the_process_driver_reports_a_crash_with_its_exit_code(tmp_path: Path) -> None:
+    driver = ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    await driver.start(spec(command=(sys.executable, "-c", "import sys; sys.exit(3)")))
+    for _ in range(100):
+        (status,) = await driver.instances()
+        if status.state is InstanceState.EXITED:
+            break
+        await asyncio.sleep(0.05)
+    assert status.state is InstanceState.EXITED and status.exit_code == 3
+
+
+async def test_the_process_driver_passes_env_and_logs_to_the_data_dir(tmp_path: Path) -> None:
+    driver = ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    script = "import os; print(os.environ['GREETING'], os.environ['NODEORCH_SERVICE'], os.environ['NODEORCH_NODE'], " \
+             "os.environ['NODEORCH_NODE_ADDR'], os.getpgid(0) == os.getpid(), flush=True)"
+    await driver.start(spec(command=(sys.executable, "-c", script)))
+    log = tmp_path / "logs" / "web-0.log"
+    for _ in range(100):
+        if "hi web node-a 127.0.0.2 True" in log.read_text():
+            break
+        await asyncio.sleep(0.05)
+    assert "hi web node-a 127.0.0.2 True" in log.read_text(), "env and its own process group"
+
+
+async def test_a_new_driver_adopts_a_running_process_and_stops_it(tmp_path: Path) -> None:
+    first = ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    started = await first.start(spec())
+    adopter = ProcessDriver(tmp_path, "node-a", "127.0.0.2")  # as after an agent restart
+    (adopted,) = await adopter.instances()
+    assert adopted.state is InstanceState.RUNNING and adopted.ref == started.ref
+    with pytest.raises(DriverError, match="already runs"):
+        await adopter.start(spec())
+    await adopter.stop("web", "0", grace=2)
+    assert await adopter.instances() == []
+    assert process_start_ticks(int(started.ref)) is None, "the adopted process is gone"
+
+
+async def test_a_recycled_pid_is_not_mistaken_for_the_instance(tmp_path: Path) -> None:
+    driver = ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    await driver.start(spec())
+    record = (tmp_path / "run" / "web-0.json").read_text().replace('"start_ticks": ', '"start_ticks": 1')
+    (tmp_path / "run" / "web-0.json").write_text(record)
+    (status,) = await ProcessDriver(tmp_path, "node-a", "127.0.0.2").instances()
+    assert status.state is InstanceState.EXITED, "same pid, other start time: not ours"
+    await asyncio.wait_for(driver.stop("web", "0", grace=1), 10)  # its own child is still stopped
+
+
+async def test_stop_escalates_to_sigkill_after_the_grace_period(tmp_path: Path) -> None:
+    stubborn = (sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('up', flush=True); time.sleep(300)")
+    driver = ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    status = await driver.start(spec(command=stubborn))
+    await asyncio.sleep(0.5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await driver.stop("web", "0", grace=0.5)
+    assert 0.4 <= loop.time() - began < 5
+    assert process_start_ticks(int(status.ref)) is None
