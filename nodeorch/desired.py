@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeorch.config import ConfigFileError, find_line
+from nodeorch.services import ServiceSpec, parse_services
 
 _TOP_KEYS = {"revision", "service", "volume"}
 
@@ -22,7 +23,7 @@ _TOP_KEYS = {"revision", "service", "volume"}
 class DesiredState:
     revision: int
     digest: str
-    services: tuple[dict[str, Any], ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
     volumes: tuple[dict[str, Any], ...] = ()
 
 
@@ -63,4 +64,4 @@ def parse_desired(data: bytes, path: Path | str = "desired.toml") -> DesiredStat
     for kind, items in (("service", services), ("volume", volumes)):
         if type(items) is not list or any(type(i) is not dict for i in items):
             raise ConfigFileError(path, f"must be an array of tables: [[{kind}]]", key=kind)
-    return DesiredState(revision, digest_of(data), tuple(services), tuple(volumes))
+    return DesiredState(revision, digest_of(data), parse_services(path, text, services), tuple(volumes))

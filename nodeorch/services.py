@@ -1,0 +1,236 @@
+"""Service specs in desired.toml: their fields, defaults and validation.
+
+Every mistake is reported as `desired.toml:LINE: service[NAME].KEY: problem`, and one mistake
+refuses the whole file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodeorch.config import ConfigFileError
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    kind: str
+    port: int = 0
+    path: str = "/"
+    command: tuple[str, ...] = ()
+    interval: float = 2.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    initializing_timeout: float = 60.0
+    strategy: str = "recreate"
+    quorum: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    driver: str = "process"
+    image: str = ""
+    command: tuple[str, ...] = ()
+    scale: int = 1
+    global_: bool = False
+    spread: str = "node"
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = ()
+    restart_delay: float = 1.0
+    restart_max_delay: float = 60.0
+    stop_grace: float = 10.0
+    health: HealthSpec | None = None
+
+    @property
+    def digest(self) -> str:
+        """Changes whenever anything that shapes a running instance changes."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (like \"500ms\", \"2s\", \"1m\")")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _service_line(text: str, index: int, key: str, section: str = "") -> int | None:
+    """The line of `key` inside the index-th [[service]] (or its [service.SECTION] table)."""
+    count, current = -1, ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line == "[[service]]":
+            count, current = count + 1, ""
+            if count == index and not key:
+                return number
+        elif line.startswith("[") and count == index:
+            current = line.strip("[] ").removeprefix("service.")
+        elif count == index and current == section and re.match(rf"^{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+class _Service:
+    """Reads one [[service]] table, each key once, with errors that point at it."""
+
+    def __init__(self, path: Path, text: str, index: int, raw: dict[str, Any]) -> None:
+        self.path, self.text, self.index, self.raw = path, text, index, dict(raw)
+        self.label = f"service[{raw.get('name', index)}]"
+        self.section = ""
+
+    def fail(self, key: str, problem: str) -> ConfigFileError:
+        qualified = f"{self.label}.{self.section + '.' if self.section else ''}{key}"
+        line = _service_line(self.text, self.index, key, self.section)
+        return ConfigFileError(self.path, problem, key=qualified, line=line)
+
+    def take(self, key: str, check: Callable[[Any], Any], default: Any) -> Any:
+        if key not in self.raw:
+            return default
+        value = self.raw.pop(key)
+        try:
+            return check(value)
+        except (TypeError, ValueError) as error:
+            raise self.fail(key, str(error)) from None
+
+    def finish(self, known: list[str]) -> None:
+        for key in self.raw:
+            raise self.fail(key, f"unknown key (known: {', '.join(known)})")
+
+
+def _string(value: Any) -> str:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if _string(value) not in choices:
+            raise ValueError(f"{value!r}: expected {' or '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
+def _duration(value: Any) -> float:
+    if type(value) in (int, float) and value >= 0:
+        return float(value)
+    return parse_duration(_string(value))
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if type(value) is not list or not value or not all(type(v) is str for v in value):
+        raise TypeError("expected a non-empty list of strings (argv)")
+    return tuple(value)
+
+
+def _table(value: Any) -> dict[str, str]:
+    if type(value) is not dict or not all(type(v) is str for v in value.values()):
+        raise TypeError("expected a table of strings")
+    return dict(value)
+
+
+def _ports(value: Any) -> tuple[int, ...]:
+    if type(value) is not list or not all(type(p) is int and 0 < p < 65536 for p in value):
+        raise ValueError("expected a list of ports (1 to 65535)")
+    return tuple(value)
+
+
+_SERVICE_KEYS = ["name", "driver", "image", "command", "scale", "global", "spread", "node_selector", "env",
+                 "ports", "restart_delay", "restart_max_delay", "stop_grace", "health"]
+_HEALTH_KEYS = ["kind", "port", "path", "command", "interval", "timeout", "healthy_threshold",
+                "unhealthy_threshold", "initializing_timeout", "strategy", "quorum"]
+
+
+def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> ServiceSpec:
+    s = _Service(path, text, index, raw)
+    if "name" not in s.raw:
+        raise ConfigFileError(path, "missing", key=f"service[{index}].name", line=_service_line(text, index, ""))
+    name = s.take("name", _string, "")
+    if not _NAME.match(name):
+        raise s.fail("name", f"{name!r}: lowercase letters, digits and '-', at most 63")
+    driver = s.take("driver", _choice("process", "docker"), "process")
+    image = s.take("image", _string, "")
+    command = s.take("command", _argv, ())
+    if driver == "docker" and not image:
+        raise s.fail("image", "required for driver = \"docker\"")
+    if driver == "process" and not command:
+        raise s.fail("command", "required for driver = \"process\" (the argv to run)")
+    if driver == "process" and image:
+        raise s.fail("image", "only for driver = \"docker\"")
+    global_ = s.take("global", lambda v: v if type(v) is bool else _string(v), False)
+    if "scale" in s.raw and global_:
+        raise s.fail("scale", "a global service runs one instance per eligible node: remove scale or global")
+    scale = s.take("scale", _integer(0, 1000), 1)
+    spread = s.take("spread", _choice("node", "none"), "node")
+    selector = s.take("node_selector", _table, {})
+    env = s.take("env", _table, {})
+    ports = s.take("ports", _ports, ())
+    restart_delay = s.take("restart_delay", _duration, 1.0)
+    restart_max_delay = s.take("restart_max_delay", _duration, 60.0)
+    if restart_max_delay < restart_delay:
+        raise s.fail("restart_max_delay", "must not be shorter than restart_delay")
+    stop_grace = s.take("stop_grace", _duration, 10.0)
+    health_raw = s.take("health", lambda v: v if type(v) is dict else _table(v), None)
+    s.finish(_SERVICE_KEYS)
+    health = None
+    if health_raw is not None:
+        h = _Service(path, text, index, health_raw)
+        h.label, h.section = s.label, "health"
+        kind = h.take("kind", _choice("http", "tcp", "exec"), None)
+        if kind is None:
+            raise h.fail("kind", "missing: http, tcp or exec")
+        port = h.take("port", _integer(1, 65535), 0)
+        if kind in ("http", "tcp") and not port:
+            raise h.fail("port", f"required for kind = \"{kind}\"")
+        health = HealthSpec(
+            kind=kind,
+            port=port,
+            path=h.take("path", _string, "/"),
+            command=h.take("command", _argv, ()),
+            interval=h.take("interval", _duration, 2.0),
+            timeout=h.take("timeout", _duration, 2.0),
+            healthy_threshold=h.take("healthy_threshold", _integer(1, 100), 2),
+            unhealthy_threshold=h.take("unhealthy_threshold", _integer(1, 100), 3),
+            initializing_timeout=h.take("initializing_timeout", _duration, 60.0),
+            strategy=h.take("strategy", _choice("recreate", "recreate_on_quorum", "none"), "recreate"),
+            quorum=h.take("quorum", _integer(0, 1000), 1),
+        )
+        if kind == "exec" and not health.command:
+            raise h.fail("command", "required for kind = \"exec\"")
+        h.finish(_HEALTH_KEYS)
+    return ServiceSpec(name, driver, image, command, scale, bool(global_), spread, selector, env, ports,
+                       restart_delay, restart_max_delay, stop_grace, health)
+
+
+def parse_services(path: Path, text: str, raw: list[dict[str, Any]]) -> tuple[ServiceSpec, ...]:
+    services = [parse_service(path, text, i, item) for i, item in enumerate(raw)]
+    seen: set[str] = set()
+    for i, service in enumerate(services):
+        if service.name in seen:
+            raise ConfigFileError(path, "a service of that name is already declared",
+                                  key=f"service[{service.name}].name", line=_service_line(text, i, "name"))
+        seen.add(service.name)
+    return tuple(services)

@@ -1,0 +1,89 @@
+"""Services in desired.toml: defaults, and the precise error of each class of mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodeorch.config import ConfigFileError
+from nodeorch.desired import parse_desired
+
+GOOD = b"""
+revision = 7
+[[service]]
+name = "web"
+driver = "process"
+command = ["python3", "-m", "http.server", "8080"]
+scale = 2
+env = { MODE = "demo" }
+ports = [8080]
+[service.health]
+kind = "http"
+port = 8080
+path = "/"
+interval = "500ms"
+strategy = "recreate_on_quorum"
+quorum = 1
+
+[[service]]
+name = "agent-sidecar"
+driver = "docker"
+image = "busybox:local"
+command = ["sleep", "3600"]
+global = true
+node_selector = { disk = "ssd" }
+"""
+
+
+def test_a_good_file_is_read_with_defaults() -> None:
+    desired = parse_desired(GOOD)
+    web, sidecar = desired.services
+    assert web.scale == 2 and web.spread == "node" and web.env == {"MODE": "demo"} and web.ports == (8080,)
+    assert web.health is not None and web.health.interval == 0.5 and web.health.unhealthy_threshold == 3
+    assert sidecar.global_ and sidecar.node_selector == {"disk": "ssd"} and sidecar.driver == "docker"
+    assert web.digest != parse_desired(GOOD.replace(b'"demo"', b'"prod"')).services[0].digest
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ((b'scale = 2', b'scale = "two"'), "desired.toml:7: service[web].scale: expected an integer from 0 to 1000"),
+        ((b'driver = "process"', b'driver = "podman"'), "service[web].driver: 'podman': expected process or docker"),
+        ((b'command = ["python3", "-m", "http.server", "8080"]\n', b''),
+         "service[web].command: required for driver = \"process\""),
+        ((b'image = "busybox:local"\n', b''), "service[agent-sidecar].image: required for driver = \"docker\""),
+        ((b'interval = "500ms"', b'interval = "soon"'),
+         "desired.toml:14: service[web].health.interval: 'soon' is not a duration"),
+        ((b'kind = "http"', b'kind = "icmp"'), "service[web].health.kind: 'icmp': expected http or tcp or exec"),
+        ((b'port = 8080', b'port = 80800'), "service[web].health.port: expected an integer from 1 to 65535"),
+        ((b'ports = [8080]', b'ports = [0]'), "service[web].ports: expected a list of ports"),
+        ((b'name = "agent-sidecar"', b'name = "web"'), "service[web].name: a service of that name is already declared"),
+        ((b'global = true', b'global = true\nscale = 3'), "service[agent-sidecar].scale: a global service runs one"),
+        ((b'spread = "node"', b''), None),
+        ((b'env = { MODE = "demo" }', b'env = { MODE = 1 }'), "service[web].env: expected a table of strings"),
+        ((b'name = "web"', b'name = "Web_1"'), "service[Web_1].name: 'Web_1': lowercase letters"),
+        ((b'quorum = 1', b'quorum = 1\nretries = 3'), "desired.toml:17: service[web].health.retries: unknown key"),
+    ],
+)
+def test_each_class_of_mistake_has_its_precise_error(patch: tuple[bytes, bytes], expected: str | None) -> None:
+    data = GOOD.replace(*patch)
+    if expected is None:
+        parse_desired(data)
+        return
+    with pytest.raises(ConfigFileError) as caught:
+        parse_desired(data)
+    assert expected in str(caught.value)
+
+
+def test_spec_check_uses_the_same_validator(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_bytes(GOOD)
+    bad.write_bytes(GOOD.replace(b"scale = 2", b"scale = -1"))
+    ok = subprocess.run([sys.executable, "-m", "nodeorch", "spec", "check", str(good)], capture_output=True, text=True,
+                        check=False)
+    assert ok.returncode == 0 and "revision 7" in ok.stdout and "2 services" in ok.stdout
+    refused = subprocess.run([sys.executable, "-m", "nodeorch", "spec", "check", str(bad)], capture_output=True,
+                             text=True, check=False)
+    assert refused.returncode == 2 and "bad.toml:7: service[web].scale" in refused.stderr
