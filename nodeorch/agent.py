@@ -18,6 +18,7 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from drivers.containers.process import ProcessDriver
 from gossip import (
     AppStateEvent,
     GossipError,
@@ -36,7 +37,11 @@ from nodeorch.desired import DesiredState, load_desired
 from nodeorch.discovery import Discovery
 from nodeorch.document import DocumentError, NodeDocument, decode_document, encode_document
 from nodeorch.eventlog import EventLog
+from nodeorch.jobs import JobTable
 from nodeorch.keyring import load_keyring
+from nodeorch.placement import Assignment
+from nodeorch.reconcile.runner import ServiceRunner
+from nodeorch.services import ServiceSpec
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,9 @@ class Agent:
         self._node: GossipNode | None = None
         self._version = 0
         self._publish_lock = asyncio.Lock()
+        self.jobs = JobTable()
+        self._instances: tuple[dict[str, object], ...] = ()
+        self._runner: ServiceRunner | None = None
 
     # Views for the status endpoint -------------------------------------------------------------------
 
@@ -146,6 +154,9 @@ class Agent:
                 discovery = await stack.enter_async_context(
                     Discovery(self.name, config.cluster.name, self.node.local_addr, self._discovered)
                 )
+            config.node.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            driver = ProcessDriver(config.node.data_dir, self.name, self.node.local_addr[0])
+            self._runner = ServiceRunner(self, driver)
             await self.publish()
             joined = await self._join_seeds()
             notify("READY=1\nSTATUS=joined; serving on " + api.where)
@@ -156,6 +167,7 @@ class Agent:
                 workers = [
                     tasks.create_task(self._pump(stream)),
                     tasks.create_task(self._watch_desired()),
+                    tasks.create_task(self._runner.run()),
                 ]
                 if not joined:
                     workers.append(tasks.create_task(self._keep_joining()))
@@ -221,6 +233,7 @@ class Agent:
             desired_error=self.desired.error,
             api=self.config.api.listen,
             updated_at=time.time(),
+            instances=self._instances,  # type: ignore[arg-type]
         )
 
     async def publish(self) -> None:
@@ -238,11 +251,29 @@ class Agent:
             self.documents[self.name] = document
             await self.node.set_app_state(data)
 
+    def placement(self) -> list[Assignment]:
+        """The whole cluster's placement as this node computes it now."""
+        if self._runner is None:
+            return []
+        return self._runner.placement()
+
+    def desired_services(self) -> tuple[ServiceSpec, ...]:
+        return self.desired.state.services if self.desired.state else ()
+
+    async def publish_instances(self, records: tuple[dict[str, object], ...]) -> None:
+        self._instances = records
+        await self.publish()
+
+    def _trigger(self) -> None:
+        if self._runner is not None:
+            self._runner.trigger()
+
     async def set_draining(self, draining: bool) -> None:
         if draining != self.draining:
             self.draining = draining
             self.events.append("node.draining" if draining else "node.undrained", node=self.name)
             await self.publish()
+            self._trigger()
 
     async def _pump(self, stream: object) -> None:
         from gossip import EventStream
@@ -253,6 +284,7 @@ class Agent:
                 m = event.member
                 self.events.append(f"member.{event.kind.value}", node=m.name, addr=f"{m.addr[0]}:{m.addr[1]}",
                                    state=m.state.label, incarnation=m.incarnation)
+                self._trigger()
             elif isinstance(event, AppStateEvent) and event.node != self.name:
                 self._receive_document(event)
 
@@ -273,6 +305,7 @@ class Agent:
             return
         self.documents[document.name] = document
         self.events.append("document.updated", node=document.name, version=document.version)
+        self._trigger()
 
     # Desired state ---------------------------------------------------------------------------------------
 
@@ -316,3 +349,4 @@ class Agent:
                 self._desired_mtime = None
             if self._load_desired(initial=forced):
                 await self.publish()
+                self._trigger()

@@ -83,8 +83,36 @@ def status_json(agent: Agent) -> dict[str, Any]:
             "error": agent.desired.error or None,
         },
         "digest_differs": agent.differing_digests(),
-        "jobs": {},
+        "jobs": agent.jobs.counts(),
     }
+
+
+def services_json(agent: Agent) -> list[dict[str, Any]]:
+    """Every desired service with the instances the live nodes report for it."""
+    reported: dict[str, list[dict[str, Any]]] = {}
+    for name, document in sorted(agent.documents.items()):
+        if agent.stale(name):
+            continue
+        for record in document.instances:
+            entry = {"slot": record.get("slot"), "node": name, "state": record.get("state"),
+                     "health": record.get("health", "unknown"), "since": record.get("since")}
+            reported.setdefault(str(record.get("service")), []).append(entry)
+    out = []
+    for spec in agent.desired_services():
+        desired = sum(1 for a in agent.placement() if a.service == spec.name)
+        instances = sorted(reported.pop(spec.name, []), key=lambda i: (str(i["slot"]), i["node"]))
+        out.append({"name": spec.name, "desired": desired, "instances": instances})
+    for name, instances in sorted(reported.items()):  # still running, no longer desired
+        out.append({"name": name, "desired": 0, "instances": instances})
+    return out
+
+
+async def services(request: web.Request) -> web.Response:
+    return _json(services_json(request.app[AGENT]))
+
+
+async def jobs(request: web.Request) -> web.Response:
+    return _json([job.to_json() for job in request.app[AGENT].jobs.jobs()])
 
 
 async def health(request: web.Request) -> web.Response:
@@ -170,6 +198,8 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/members", members)
     app.router.add_get("/v1/nodes", nodes)
     app.router.add_get("/v1/nodes/{name}", node)
+    app.router.add_get("/v1/services", services)
+    app.router.add_get("/v1/jobs", jobs)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/drain", drain)

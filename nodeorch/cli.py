@@ -128,6 +128,22 @@ def show_nodes(data: list[dict[str, Any]]) -> str:
     return table(rows, ["NAME", "VERSION", "DOCUMENT", "DRAINING", "REVISION", "DIGEST", "UPDATED"])
 
 
+def show_services(data: list[dict[str, Any]]) -> str:
+    rows = []
+    for service in data:
+        running = sum(1 for i in service["instances"] if i["state"] == "running")
+        rows.append((service["name"], f"{running}/{service['desired']}", "", "", "", ""))
+        for i in service["instances"]:
+            rows.append(("", "", i["slot"], i["node"], i["state"], i["health"]))
+    return table(rows, ["SERVICE", "RUNNING", "SLOT", "NODE", "STATE", "HEALTH"])
+
+
+def show_jobs(data: list[dict[str, Any]]) -> str:
+    rows = [(j["id"], j["kind"], j["target"], j["state"], j["attempts"], ago(j["updated"]), j["error"] or "")
+            for j in data]
+    return table(rows, ["ID", "KIND", "TARGET", "STATE", "ATTEMPTS", "UPDATED", "ERROR"])
+
+
 # Commands -------------------------------------------------------------------------------------------
 
 
@@ -140,7 +156,8 @@ async def run_query(args: argparse.Namespace) -> int:
             data = await call(api, "POST", f"/v1/{args.command}")
             print(json.dumps(data) if args.json else f"{data['node']}: draining {'on' if data['draining'] else 'off'}")
             return EXIT_OK
-        path = {"status": "/v1/status", "members": "/v1/members", "nodes": "/v1/nodes"}[args.command]
+        path = {"status": "/v1/status", "members": "/v1/members", "nodes": "/v1/nodes",
+                "services": "/v1/services", "jobs": "/v1/jobs"}[args.command]
         if args.command == "nodes" and args.name:
             path = f"/v1/nodes/{args.name}"
         data = await call(api, "GET", path)
@@ -157,6 +174,7 @@ async def run_query(args: argparse.Namespace) -> int:
     else:
         renderers: dict[str, Callable[[Any], str]] = {
             "status": show_status, "members": show_members, "nodes": show_nodes,
+            "services": show_services, "jobs": show_jobs,
         }
         print(renderers[args.command](data))
     return EXIT_OK
@@ -264,6 +282,8 @@ def parser() -> argparse.ArgumentParser:
     events = query("events", "the event log; -f to follow")
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--since", type=int, default=0, help="only events after this seq")
+    query("services", "desired services and their instances across the cluster")
+    query("jobs", "this node's job table")
     query("drain", "move this node's work away")
     query("undrain", "take work again")
 

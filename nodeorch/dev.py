@@ -25,9 +25,17 @@ GOSSIP_PORT = 7946
 API_PORT = 7947
 MAX_NODES = 200
 
-DEMO_DESIRED = """\
-# The demo desired state of `nodeorch dev`: the same file for every agent.
+def demo_desired() -> str:
+    """The demo desired state of `nodeorch dev`: the same file for every agent. The web service
+    serves its folder over HTTP on the address of the agent that runs it."""
+    return f"""\
 revision = 1
+
+[[service]]
+name = "web"
+driver = "process"
+command = ["{sys.executable}", "-m", "http.server", "8080", "--bind", "${{NODEORCH_NODE_ADDR}}"]
+scale = 2
 """
 
 
@@ -70,7 +78,7 @@ class DevCluster:
         keyring = self.folder / "keyring"
         if not keyring.exists():
             write_keyring(keyring)
-        (self.folder / "desired.toml").write_text(DEMO_DESIRED)
+        (self.folder / "desired.toml").write_text(demo_desired())
         seeds = [f"127.0.0.2:{GOSSIP_PORT}"]
         for i in range(self.count):
             node = self.folder / f"node-{i + 1}"

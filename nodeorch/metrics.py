@@ -59,6 +59,9 @@ def render_metrics(agent: Agent) -> str:
     out.sample("nodeorch_desired_error", 1 if agent.desired.error else 0)
     out.family("nodeorch_draining", "gauge", "1 while this node is draining")
     out.sample("nodeorch_draining", 1 if agent.draining else 0)
+    out.family("nodeorch_jobs", "gauge", "Jobs in the job table, by state")
+    for state, count in agent.jobs.counts().items():
+        out.sample("nodeorch_jobs", count, state=state)
     out.family("nodeorch_events_total", "counter", "Events recorded in the event log")
     out.sample("nodeorch_events_total", agent.events.last_seq)
     return "\n".join(out.lines) + "\n"

@@ -40,11 +40,14 @@ class ServiceShape:
 
 @dataclass(frozen=True, slots=True)
 class RunningInstance:
-    """An instance some node reports running (or starting) in its document."""
+    """An instance some node holds: running, or exited and about to restart in place."""
 
     service: str
     slot: str
     node: str
+    running: bool = True
+    """A running instance keeps its slot before an exited one does (after an outage, the
+    replacement that runs wins over the crashed original)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ def place_service(
     # duplicates and spread conflicts resolve the same way on every node.
     keepers = sorted(
         (r for r in mine if r.slot in slots and _may_keep(by_name.get(r.node), service)),
-        key=lambda r: (-rendezvous_score(service.name, r.slot, r.node), r.slot, r.node),
+        key=lambda r: (not r.running, -rendezvous_score(service.name, r.slot, r.node), r.slot, r.node),
     )
     for instance in keepers:
         if instance.slot in assigned or (spread and instance.node in used):

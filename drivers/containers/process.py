@@ -1,7 +1,8 @@
 """The process driver: service instances as supervised local processes (needs nothing installed).
 
 Each instance runs its argv in its own process group and session, with its env plus
-NODEORCH_SERVICE, NODEORCH_SLOT, NODEORCH_NODE and NODEORCH_NODE_ADDR, output appended to
+NODEORCH_SERVICE, NODEORCH_SLOT, NODEORCH_NODE and NODEORCH_NODE_ADDR (argv may refer to any of
+them as ${NAME}, e.g. to bind the node's address), output appended to
 data_dir/logs/<service>-<slot>.log. A pid file (data_dir/run/<service>-<slot>.json) records the
 pid and the process start time from /proc, so a restarted agent adopts the running process instead
 of starting a duplicate, and never mistakes a recycled pid for it. Stop is SIGTERM to the group,
@@ -16,6 +17,7 @@ import itertools
 import json
 import os
 import signal
+import string
 import subprocess
 import time
 from pathlib import Path
@@ -62,8 +64,9 @@ class ProcessDriver:
         with (self._logs / f"{spec.service}-{spec.slot}.log").open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {spec.key}: {list(spec.command)}\n".encode())
             log.flush()
+            argv = [string.Template(arg).safe_substitute(env) for arg in spec.command]
             try:
-                return subprocess.Popen(list(spec.command), env=env, stdin=subprocess.DEVNULL, stdout=log,
+                return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
             except OSError as error:
                 raise DriverError(f"{spec.key}: cannot run {spec.command[0]!r}: {error.strerror}",

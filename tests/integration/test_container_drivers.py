@@ -61,15 +61,16 @@ async def test_the_process_driver_reports_a_crash_with_its_exit_code(tmp_path: P
 
 async def test_the_process_driver_passes_env_and_logs_to_the_data_dir(tmp_path: Path) -> None:
     driver = ProcessDriver(tmp_path, "node-a", "127.0.0.2")
-    script = "import os; print(os.environ['GREETING'], os.environ['NODEORCH_SERVICE'], os.environ['NODEORCH_NODE'], " \
+    script = "import os, sys; print(sys.argv[1], os.environ['GREETING'], os.environ['NODEORCH_SERVICE'], " \
+             "os.environ['NODEORCH_NODE'], " \
              "os.environ['NODEORCH_NODE_ADDR'], os.getpgid(0) == os.getpid(), flush=True)"
-    await driver.start(spec(command=(sys.executable, "-c", script)))
+    await driver.start(spec(command=(sys.executable, "-c", script, "${NODEORCH_SLOT}")))
     log = tmp_path / "logs" / "web-0.log"
     for _ in range(100):
-        if "hi web node-a 127.0.0.2 True" in log.read_text():
+        if "0 hi web node-a 127.0.0.2 True" in log.read_text():
             break
         await asyncio.sleep(0.05)
-    assert "hi web node-a 127.0.0.2 True" in log.read_text(), "env and its own process group"
+    assert "0 hi web node-a 127.0.0.2 True" in log.read_text(), "env, ${NAME} in argv, and its own process group"
 
 
 async def test_a_new_driver_adopts_a_running_process_and_stops_it(tmp_path: Path) -> None:

@@ -1,0 +1,192 @@
+"""Runs the services reconciler for the agent: a pass on every trigger (membership, documents,
+desired state) and at least every RESYNC seconds; each decision is a job, at most
+MAX_CONCURRENT_JOBS at once; the outcome goes into this node's document."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol
+
+from drivers.containers import ContainerDriver, DriverError, InstanceStatus
+from gossip import Member, MemberState
+from nodeorch.document import NodeDocument
+from nodeorch.eventlog import EventLog
+from nodeorch.jobs import JobTable
+from nodeorch.placement import Assignment, NodeView, place_services
+from nodeorch.reconcile.services import (
+    Decision,
+    Replace,
+    ServiceMemory,
+    Start,
+    Stop,
+    held_instances,
+    instance_records,
+    plan_services,
+    shape,
+)
+from nodeorch.services import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+RESYNC = 1.0
+SETTLE_TIMEOUT = 5.0
+"""After a start, how long to wait at most for the other nodes' documents before acting."""
+MAX_CONCURRENT_JOBS = 4
+
+
+class ServiceHost(Protocol):
+    """What the runner needs from the agent."""
+
+    name: str
+    events: EventLog
+    jobs: JobTable
+
+    def members(self) -> list[Member]: ...
+
+    def stale(self, name: str) -> bool: ...
+
+    @property
+    def documents(self) -> Mapping[str, NodeDocument]: ...
+
+    def desired_services(self) -> tuple[ServiceSpec, ...]: ...
+
+    async def publish_instances(self, records: tuple[dict[str, object], ...]) -> None: ...
+
+
+def labels_of(member: Member) -> dict[str, str]:
+    try:
+        labels = json.loads(member.meta) if member.meta else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+class ServiceRunner:
+    def __init__(self, host: ServiceHost, driver: ContainerDriver, clock: Callable[[], float] = time.time) -> None:
+        self._host = host
+        self._driver = driver
+        self._clock = clock
+        self._memory = ServiceMemory()
+        self._wake = asyncio.Event()
+        self._limit = asyncio.Semaphore(MAX_CONCURRENT_JOBS)
+        self._published: tuple[dict[str, object], ...] | None = None
+        self._unsupported: set[str] = set()
+        self._started = clock()
+        self._settled = False
+
+    def trigger(self) -> None:
+        """Something changed: run a pass soon (level-triggered: many triggers, one pass)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("%s: services pass failed; retrying", self._host.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RESYNC)
+            self._wake.clear()
+
+    def _nodes(self) -> list[NodeView]:
+        views = []
+        for member in self._host.members():
+            document = self._host.documents.get(member.name)
+            views.append(NodeView(
+                member.name,
+                alive=member.state in (MemberState.ALIVE, MemberState.SUSPECT),
+                suspect=member.state is MemberState.SUSPECT,
+                draining=bool(document and document.draining),
+                labels=labels_of(member),
+            ))
+        return views
+
+    def placement(self) -> list[Assignment]:
+        reported = {**self._reported(), self._host.name: self._published or ()}
+        held = held_instances("", reported, ())
+        return place_services((shape(s) for s in self._host.desired_services()), self._nodes(), held)
+
+    def _reported(self) -> dict[str, tuple[Mapping[str, object], ...]]:
+        return {
+            name: tuple(document.instances)
+            for name, document in self._host.documents.items()
+            if name != self._host.name and not self._host.stale(name)
+        }
+
+    def _specs(self) -> list[ServiceSpec]:
+        specs = []
+        for spec in self._host.desired_services():
+            if spec.driver != self._driver.name:
+                if spec.name not in self._unsupported:
+                    self._unsupported.add(spec.name)
+                    log.warning("%s: service %s needs the %s driver, which this agent does not run yet",
+                                self._host.name, spec.name, spec.driver)
+                    self._host.events.append("service.unsupported", service=spec.name, driver=spec.driver)
+                continue
+            specs.append(spec)
+        return specs
+
+    async def reconcile(self) -> None:
+        now = self._clock()
+        reported = self._reported()
+        local = await self._driver.instances()
+        if not self._settled and not self._view_complete(now):
+            # Just started: adopt and report what runs here, but decide nothing until the other
+            # nodes' documents arrived, or instances running elsewhere would be started twice.
+            await self._publish(local)
+            return
+        self._settled = True
+        decisions = plan_services(now, self._host.name, self._specs(), self._nodes(), reported, local, self._memory)
+        if decisions:
+            await asyncio.gather(*(self._execute(d) for d in decisions))
+            local = await self._driver.instances()
+        await self._publish(local)
+
+    def _view_complete(self, now: float) -> bool:
+        """Every other live member's document is here, or SETTLE_TIMEOUT has passed."""
+        if now - self._started >= SETTLE_TIMEOUT:
+            return True
+        live = [m.name for m in self._host.members()
+                if m.name != self._host.name and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+        return all(name in self._host.documents for name in live)
+
+    async def _publish(self, local: list[InstanceStatus]) -> None:
+        records = instance_records(local, self._memory, self._clock())
+        if records != self._published:
+            self._published = records
+            await self._host.publish_instances(records)
+
+    async def _execute(self, decision: Decision) -> None:
+        kind, target, action = self._describe(decision)
+        async with self._limit:
+            job = self._host.jobs.start(kind, target, self._clock())
+            self._host.events.append("job.started", job=job.id, action=kind, target=target)
+            error = ""
+            try:
+                await action()
+            except DriverError as failure:
+                error = str(failure)
+                log.warning("%s: %s %s failed: %s", self._host.name, kind, target, error)
+            self._host.jobs.finish(job, self._clock(), error)
+            self._host.events.append("job.finished", job=job.id, action=kind, target=target, error=error or None)
+
+    def _describe(self, decision: Decision) -> tuple[str, str, Callable[[], Coroutine[Any, Any, object]]]:
+        driver = self._driver
+        match decision:
+            case Start(spec):
+                return "start", spec.key, lambda: driver.start(spec)
+            case Replace(spec, grace):
+                async def replace() -> None:
+                    await driver.stop(spec.service, spec.slot, grace)
+                    await driver.start(spec)
+
+                return "replace", spec.key, replace
+            case Stop(service, slot, grace, reason):
+                log.info("%s: stopping %s/%s: %s", self._host.name, service, slot, reason)
+                return "stop", f"{service}/{slot}", lambda: driver.stop(service, slot, grace)
+        raise TypeError(decision)

@@ -1,0 +1,138 @@
+"""Process services across three agents on loopback: placement, failover, adoption, crash restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gossip._process import wait_until
+
+from .agents import AgentProcess
+
+SERVICE = f"""
+revision = 2
+
+[[service]]
+name = "web"
+driver = "process"
+command = ["{sys.executable}", "-m", "http.server", "0", "--bind", "${{NODEORCH_NODE_ADDR}}"]
+scale = 2
+restart_delay = "1s"
+restart_max_delay = "4s"
+stop_grace = "2s"
+"""
+
+
+async def get(agent: AgentProcess, path: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(f"http://{agent.api}{path}") as response:
+        return json.loads(await response.text())
+
+
+async def web_instances(agent: AgentProcess) -> list[dict[str, Any]]:
+    services = await get(agent, "/v1/services")
+    return next((s["instances"] for s in services if s["name"] == "web"), [])
+
+
+def running_nodes(instances: list[dict[str, Any]]) -> list[str]:
+    return sorted(i["node"] for i in instances if i["state"] == "running")
+
+
+def pids(folder: Path, name: str) -> dict[str, int]:
+    """The instance pids an agent's process driver recorded."""
+    run = folder / name / "data" / "run"
+    return {p.stem: json.loads(p.read_text())["pid"] for p in run.glob("*.json")} if run.is_dir() else {}
+
+
+@pytest.fixture
+async def trio(tmp_path: Path) -> AsyncIterator[list[AgentProcess]]:
+    (tmp_path / "desired.toml").write_text(SERVICE)
+    first = AgentProcess(tmp_path, "node-1", "127.0.0.2", [])
+    agents = [first] + [AgentProcess(tmp_path, f"node-{i}", f"127.0.0.{i + 1}", [first.gossip]) for i in (2, 3)]
+    try:
+        for agent in agents:
+            agent.start()
+        for agent in agents:
+            await agent.wait_ready()
+        yield agents
+    finally:
+        for agent in agents:
+            agent.kill()
+        for agent in agents:  # the instances too: they outlive a killed agent by design
+            for pid in pids(tmp_path, agent.name).values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+async def test_two_instances_on_distinct_nodes_survive_a_node_loss_without_duplicates(
+    trio: list[AgentProcess], tmp_path: Path
+) -> None:
+    a = trio[0]
+
+    async def two_on_distinct_nodes() -> list[str] | None:
+        nodes = running_nodes(await web_instances(a))
+        return nodes if len(nodes) == 2 and len(set(nodes)) == 2 else None
+
+    placed = await wait_until(two_on_distinct_nodes, 30)
+    victim = next(agent for agent in trio if agent.name == placed[-1])
+    survivors = [agent for agent in trio if agent is not victim]
+    victim.kill()
+    for pid in pids(tmp_path, victim.name).values():
+        os.killpg(pid, signal.SIGKILL)  # the host went down with its instance
+
+    async def recreated_on_the_third() -> bool:
+        nodes = running_nodes(await web_instances(survivors[0]))
+        return sorted(nodes) == sorted(s.name for s in survivors)
+
+    await wait_until(recreated_on_the_third, 40)
+    victim.start()
+    await victim.wait_ready()
+    await wait_until(lambda: _quiet(trio, tmp_path), 30)
+    nodes = running_nodes(await web_instances(a))
+    assert len(nodes) == 2 and len(set(nodes)) == 2, "still exactly two, no duplicates"
+    total = sum(len(pids(tmp_path, agent.name)) for agent in trio)
+    assert total == 2, "exactly two processes exist across the three hosts"
+
+
+async def _quiet(agents: list[AgentProcess], folder: Path) -> bool:
+    """Every agent reports the same two running instances (the restarted one has settled)."""
+    views = [running_nodes(await web_instances(agent)) for agent in agents]
+    return all(v == views[0] for v in views) and len(views[0]) == 2
+
+
+async def test_a_killed_instance_restarts_in_place_with_backoff(trio: list[AgentProcess], tmp_path: Path) -> None:
+    a = trio[0]
+
+    async def placed() -> list[str] | None:
+        nodes = running_nodes(await web_instances(a))
+        return nodes if len(nodes) == 2 else None
+
+    host = (await wait_until(placed, 30))[0]
+    agent = next(x for x in trio if x.name == host)
+    (slot, pid), = pids(tmp_path, host).items()
+    restarts_seen = []
+    for _ in range(3):
+        os.killpg(pid, signal.SIGKILL)
+
+        def restarted(old: int = pid) -> int | None:
+            current = pids(tmp_path, host).get(slot)
+            return current if current and current != old else None
+
+        killed = time.monotonic()
+        pid = await wait_until(restarted, 30, interval=0.05)
+        restarts_seen.append(time.monotonic() - killed)
+    document = await get(agent, f"/v1/nodes/{host}")
+    (record,) = [i for i in document["instances"] if i["service"] == "web"]
+    assert record["restarts"] >= 3 and record["state"] in ("running", "starting")
+    assert restarts_seen[-1] > restarts_seen[0], f"the delay grows: {restarts_seen}"
+    nodes = running_nodes(await web_instances(a))
+    assert host in nodes, "restarted where it was, not moved"

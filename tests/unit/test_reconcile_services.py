@@ -1,0 +1,81 @@
+"""The services reconciler's planning, pass by pass, with an explicit clock."""
+
+from __future__ import annotations
+
+from drivers.containers import InstanceState, InstanceStatus
+from nodeorch.placement import NodeView
+from nodeorch.reconcile.services import Replace, ServiceMemory, Start, Stop, plan_services
+from nodeorch.services import ServiceSpec
+
+WEB = ServiceSpec("web", command=("web",), scale=1, restart_delay=1.0, restart_max_delay=8.0)
+NODES = [NodeView("a"), NodeView("b")]
+
+
+def owner(spec: ServiceSpec = WEB) -> str:
+    """Which node placement gives slot 0 to, from a fresh start."""
+    for me in ("a", "b"):
+        if plan_services(0.0, me, [spec], NODES, {}, [], ServiceMemory()):
+            return me
+    raise AssertionError("nobody owns web/0")
+
+
+def running(spec: ServiceSpec = WEB, state: InstanceState = InstanceState.RUNNING, started: float = 0.0,
+            digest: str | None = None) -> InstanceStatus:
+    return InstanceStatus("web", "0", digest or spec.digest, state, "1", started)
+
+
+def test_exactly_one_node_starts_the_instance() -> None:
+    decisions = {me: plan_services(0.0, me, [WEB], NODES, {}, [], ServiceMemory()) for me in ("a", "b")}
+    starts = [me for me, d in decisions.items() if d and isinstance(d[0], Start)]
+    assert len(starts) == 1
+
+
+def test_a_running_instance_is_left_alone_and_a_changed_spec_replaces_it() -> None:
+    me = owner()
+    assert plan_services(1.0, me, [WEB], NODES, {}, [running()], ServiceMemory()) == []
+    changed = ServiceSpec("web", command=("web", "--v2"), scale=1)
+    (decision,) = plan_services(1.0, me, [changed], NODES, {}, [running(WEB)], ServiceMemory())
+    assert isinstance(decision, Replace) and decision.spec.digest == changed.digest
+
+
+def test_a_crash_restarts_in_place_with_a_doubling_delay() -> None:
+    me, memory = owner(), ServiceMemory()
+    restarts = []
+    now = 0.0
+    for crash in range(4):
+        crashed = running(state=InstanceState.EXITED, started=float(crash))
+        while not plan_services(now, me, [WEB], NODES, {}, [crashed], memory):
+            now += 0.25
+        restarts.append(now)
+    gaps = [round(b - a, 2) for a, b in zip([0.0, *restarts], restarts, strict=False)]
+    assert gaps[0] == 1.0 and gaps[1] >= 2.0 and gaps[2] >= 4.0, gaps
+    assert memory.restarts["web/0"] == 4
+
+
+def test_start_first_handover_waits_for_the_new_owner() -> None:
+    me = owner()
+    other = "b" if me == "a" else "a"
+    draining = [NodeView(me, draining=True), NodeView(other)]
+    memory = ServiceMemory()
+    assert plan_services(0.0, me, [WEB], draining, {}, [running()], memory) == [], "keeps it until replaced"
+    (start,) = plan_services(0.0, other, [WEB], draining, {me: [{"service": "web", "slot": "0", "state": "running"}]},
+                             [], ServiceMemory())
+    assert isinstance(start, Start)
+    reported = {other: [{"service": "web", "slot": "0", "state": "running"}]}
+    (stop,) = plan_services(1.0, me, [WEB], draining, reported, [running()], memory)
+    assert isinstance(stop, Stop) and "runs it" in stop.reason
+
+
+def test_a_handover_that_never_completes_times_out() -> None:
+    me = owner()
+    other = "b" if me == "a" else "a"
+    draining = [NodeView(me, draining=True), NodeView(other)]
+    memory = ServiceMemory()
+    plan_services(0.0, me, [WEB], draining, {}, [running()], memory)
+    (stop,) = plan_services(31.0, me, [WEB], draining, {}, [running()], memory)
+    assert isinstance(stop, Stop) and "timed out" in stop.reason
+
+
+def test_an_instance_of_a_removed_service_is_stopped() -> None:
+    (stop,) = plan_services(0.0, "a", [], NODES, {}, [running()], ServiceMemory())
+    assert isinstance(stop, Stop) and stop.reason == "no longer desired"
