@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drivers.containers.process import ProcessDriver
 from nodeorch.cli import Unreachable, call, table
 from nodeorch.keyring import write_keyring
 
@@ -110,6 +111,8 @@ class DevCluster:
         return list(await asyncio.gather(*(one(i) for i in range(self.count))))
 
     async def stop(self) -> None:
+        """Stop the agents (each leaves the cluster), then the service instances they ran, which
+        outlive an agent by design."""
         for proc in self.procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -119,6 +122,26 @@ class DevCluster:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+        for i in range(self.count):
+            driver = ProcessDriver(self.folder / f"node-{i + 1}" / "data", f"node-{i + 1}", f"127.0.0.{i + 2}")
+            for instance in await driver.instances():
+                await driver.stop(instance.service, instance.slot, grace=5)
+
+    async def services(self) -> list[dict[str, Any]]:
+        for api in self.apis:
+            with contextlib.suppress(Exception):
+                result: list[dict[str, Any]] = await call(api, "GET", "/v1/services")
+                return result
+        return []
+
+
+def render_services(services: list[dict[str, Any]]) -> str:
+    lines = []
+    for service in services:
+        running = [i for i in service["instances"] if i["state"] == "running"]
+        where = ", ".join(f"{i['node']} (slot {i['slot']})" for i in running) or "nowhere yet"
+        lines.append(f"service {service['name']}: {len(running)}/{service['desired']} running on {where}")
+    return "\n".join(lines)
 
 
 def render(rows: list[dict[str, Any]], started: float) -> str:
@@ -155,6 +178,9 @@ async def dev(count: int, folder: Path) -> None:
         while not stop.is_set():
             rows = await cluster.snapshot()
             screen = render(rows, started)
+            services = render_services(await cluster.services())
+            if services:
+                screen += "\n" + services
             if not announced and converged(rows):
                 announced = True
                 screen += f"\nconverged: every agent sees {count} alive after {time.monotonic() - started:.1f}s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -54,8 +55,13 @@ def pids(folder: Path, name: str) -> dict[str, int]:
 
 
 @pytest.fixture
-async def trio(tmp_path: Path) -> AsyncIterator[list[AgentProcess]]:
-    (tmp_path / "desired.toml").write_text(SERVICE)
+def desired() -> str:
+    return SERVICE
+
+
+@pytest.fixture
+async def trio(tmp_path: Path, desired: str) -> AsyncIterator[list[AgentProcess]]:
+    (tmp_path / "desired.toml").write_text(desired)
     first = AgentProcess(tmp_path, "node-1", "127.0.0.2", [])
     agents = [first] + [AgentProcess(tmp_path, f"node-{i}", f"127.0.0.{i + 1}", [first.gossip]) for i in (2, 3)]
     try:
@@ -136,3 +142,61 @@ async def test_a_killed_instance_restarts_in_place_with_backoff(trio: list[Agent
     assert restarts_seen[-1] > restarts_seen[0], f"the delay grows: {restarts_seen}"
     nodes = running_nodes(await web_instances(a))
     assert host in nodes, "restarted where it was, not moved"
+
+
+async def test_drain_moves_instances_away_start_first(trio: list[AgentProcess], tmp_path: Path) -> None:
+    a = trio[0]
+
+    async def placed() -> list[str] | None:
+        nodes = running_nodes(await web_instances(a))
+        return nodes if len(nodes) == 2 and len(set(nodes)) == 2 else None
+
+    before = await wait_until(placed, 30)
+    drained = next(agent for agent in trio if agent.name == before[0])
+    assert drained.cli_json("drain")["draining"] is True
+    fewest = 2
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        nodes = running_nodes(await web_instances(a))
+        fewest = min(fewest, len(nodes))
+        if len(nodes) == 2 and drained.name not in nodes:
+            break
+        await asyncio.sleep(0.05)
+    nodes = running_nodes(await web_instances(a))
+    assert drained.name not in nodes and len(nodes) == 2, nodes
+    assert fewest == 2, "start-first: never fewer running instances than desired during the move"
+    assert pids(tmp_path, drained.name) == {}, "the drained node runs nothing"
+
+
+GLOBAL = f"""
+revision = 3
+
+[[service]]
+name = "everywhere"
+command = ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+global = true
+
+[[service]]
+name = "only-node-2"
+command = ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+global = true
+node_selector = {{ zone = "z-node-2" }}
+"""
+
+
+@pytest.mark.parametrize("desired", [GLOBAL])
+async def test_global_services_run_once_on_each_matching_node(trio: list[AgentProcess], tmp_path: Path) -> None:
+    a = trio[0]
+
+    async def settled() -> dict[str, list[str]] | None:
+        services = {s["name"]: running_nodes(s["instances"]) for s in await get(a, "/v1/services")}
+        ok = services.get("everywhere") == ["node-1", "node-2", "node-3"] and services.get("only-node-2") == ["node-2"]
+        return services if ok else None
+
+    await wait_until(settled, 30)
+    counts = {agent.name: sorted(pids(tmp_path, agent.name)) for agent in trio}
+    assert counts == {
+        "node-1": ["everywhere-node-1"],
+        "node-2": ["everywhere-node-2", "only-node-2-node-2"],
+        "node-3": ["everywhere-node-3"],
+    }
