@@ -79,6 +79,7 @@ class Agent:
         self._publish_lock = asyncio.Lock()
         self.jobs = JobTable()
         self._instances: tuple[dict[str, object], ...] = ()
+        self._health: tuple[dict[str, object], ...] = ()
         self._runner: ServiceRunner | None = None
 
     # Views for the status endpoint -------------------------------------------------------------------
@@ -234,6 +235,7 @@ class Agent:
             api=self.config.api.listen,
             updated_at=time.time(),
             instances=self._instances,  # type: ignore[arg-type]
+            health=self._health,  # type: ignore[arg-type]
         )
 
     async def publish(self) -> None:
@@ -260,8 +262,15 @@ class Agent:
     def desired_services(self) -> tuple[ServiceSpec, ...]:
         return self.desired.state.services if self.desired.state else ()
 
-    async def publish_instances(self, records: tuple[dict[str, object], ...]) -> None:
+    def address_of(self, name: str) -> str | None:
+        member = self.node.member(name)
+        return member.addr[0] if member else None
+
+    async def publish_instances(
+        self, records: tuple[dict[str, object], ...], health: tuple[dict[str, object], ...]
+    ) -> None:
         self._instances = records
+        self._health = health
         await self.publish()
 
     def _trigger(self) -> None:

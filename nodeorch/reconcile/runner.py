@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from drivers.containers import ContainerDriver, DriverError, InstanceStatus
+from drivers.containers import ContainerDriver, DriverError, InstanceState, InstanceStatus
 from gossip import Member, MemberState
 from nodeorch.document import NodeDocument
 from nodeorch.eventlog import EventLog
 from nodeorch.jobs import JobTable
 from nodeorch.placement import Assignment, NodeView, place_services
+from nodeorch.reconcile.health import HealthWatcher, Watched, instance_health, to_recreate
 from nodeorch.reconcile.services import (
     Decision,
     Replace,
@@ -55,7 +56,11 @@ class ServiceHost(Protocol):
 
     def desired_services(self) -> tuple[ServiceSpec, ...]: ...
 
-    async def publish_instances(self, records: tuple[dict[str, object], ...]) -> None: ...
+    def address_of(self, name: str) -> str | None: ...
+
+    async def publish_instances(
+        self, records: tuple[dict[str, object], ...], health: tuple[dict[str, object], ...]
+    ) -> None: ...
 
 
 def labels_of(member: Member) -> dict[str, str]:
@@ -74,16 +79,24 @@ class ServiceRunner:
         self._memory = ServiceMemory()
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_JOBS)
-        self._published: tuple[dict[str, object], ...] | None = None
+        self._published: tuple[tuple[dict[str, object], ...], tuple[dict[str, object], ...]] | None = None
         self._unsupported: set[str] = set()
         self._started = clock()
         self._settled = False
+        self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name))
+        self._health_map: dict[Watched, str] = {}
 
     def trigger(self) -> None:
         """Something changed: run a pass soon (level-triggered: many triggers, one pass)."""
         self._wake.set()
 
     async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            await self._health.close()
+
+    async def _loop(self) -> None:
         while True:
             try:
                 await self.reconcile()
@@ -107,7 +120,7 @@ class ServiceRunner:
         return views
 
     def placement(self) -> list[Assignment]:
-        reported = {**self._reported(), self._host.name: self._published or ()}
+        reported = {**self._reported(), self._host.name: self._published[0] if self._published else ()}
         held = held_instances("", reported, ())
         return place_services((shape(s) for s in self._host.desired_services()), self._nodes(), held)
 
@@ -141,7 +154,9 @@ class ServiceRunner:
             await self._publish(local)
             return
         self._settled = True
-        decisions = plan_services(now, self._host.name, self._specs(), self._nodes(), reported, local, self._memory)
+        recreate = self._watch_health(reported, local)
+        decisions = plan_services(now, self._host.name, self._specs(), self._nodes(), reported, local, self._memory,
+                                  recreate)
         if decisions:
             await asyncio.gather(*(self._execute(d) for d in decisions))
             local = await self._driver.instances()
@@ -155,11 +170,43 @@ class ServiceRunner:
                 if m.name != self._host.name and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
         return all(name in self._host.documents for name in live)
 
+    def _watch_health(
+        self, reported: Mapping[str, tuple[Mapping[str, object], ...]], local: list[InstanceStatus]
+    ) -> set[str]:
+        """Probe what this node observes; returns its own instances to recreate for their health."""
+        specs = {s.name: s for s in self._host.desired_services()}
+        live = [m.name for m in self._host.members() if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+        watched: list[Watched] = []
+        for node, records in reported.items():
+            host = self._host.address_of(node)
+            for r in records:
+                if r.get("state") == "running" and host:
+                    watched.append(Watched(str(r["service"]), str(r["slot"]), node, str(r.get("ref")), host,
+                                           float(str(r.get("since") or 0.0))))
+        own_host = self._host.address_of(self._host.name) or "127.0.0.1"
+        mine = [Watched(i.service, i.slot, self._host.name, i.ref, own_host, i.started_at)
+                for i in local if i.state is InstanceState.RUNNING]
+        self._health.update(specs, [*watched, *mine], live)
+        verdicts: dict[str, tuple[Mapping[str, object], ...]] = {
+            name: document.health for name, document in self._host.documents.items()
+        }
+        verdicts[self._host.name] = self._health.records()
+        self._health_map = {w: instance_health(w, specs[w.service], live, verdicts)
+                            for w in [*watched, *mine] if w.service in specs}
+        return to_recreate(mine, specs, self._health_map)
+
     async def _publish(self, local: list[InstanceStatus]) -> None:
         records = instance_records(local, self._memory, self._clock())
-        if records != self._published:
-            self._published = records
-            await self._host.publish_instances(records)
+        me = self._host.name
+        health_of = {(w.service, w.slot): status for w, status in self._health_map.items() if w.owner == me}
+        records = tuple({**r, "health": health_of.get((str(r["service"]), str(r["slot"])), "unknown")} for r in records)
+        verdicts = self._health.records()
+        if (records, verdicts) != self._published:
+            self._published = (records, verdicts)
+            await self._host.publish_instances(records, verdicts)
+
+    async def close(self) -> None:
+        await self._health.close()
 
     async def _execute(self, decision: Decision) -> None:
         kind, target, action = self._describe(decision)

@@ -95,8 +95,11 @@ def plan_services(
     reported: Mapping[str, Iterable[Mapping[str, object]]],
     local: Iterable[InstanceStatus],
     memory: ServiceMemory,
+    unhealthy: Iterable[str] = (),
 ) -> list[Decision]:
-    """Decisions for this node. `reported`: node name -> instance records from its document."""
+    """Decisions for this node. `reported`: node name -> instance records from its document;
+    `unhealthy`: keys of this node's instances that every live observer judged unhealthy."""
+    unhealthy = set(unhealthy)
     by_name = {s.name: s for s in specs}
     held = {i.key: i for i in local}
     running = held_instances(me, reported, held.values())
@@ -117,7 +120,10 @@ def plan_services(
             memory.running_since.setdefault(key, now)
             if now - memory.running_since[key] >= STABLE_AFTER:
                 backoff.succeeded(key)
-            if current.digest != spec.digest:
+            if current.digest != spec.digest or key in unhealthy:
+                if key in unhealthy:
+                    memory.restarts[key] = memory.restarts.get(key, 0) + 1
+                    memory.running_since.pop(key, None)
                 decisions.append(Replace(instance_spec(spec, assignment.slot), spec.stop_grace))
             continue
         if current is not None and memory.counted_exit.get(key) != current.started_at:

@@ -1,0 +1,64 @@
+"""Health verdicts (pure): who watches which instance, and what their probes conclude.
+
+Every instance is probed by its owner and by up to two other live nodes chosen by rendezvous
+hashing, so every node agrees on who watches what. Each observer keeps consecutive successes and
+failures and publishes a verdict in its document. An instance is replaced only when every live
+observer reports it unhealthy: one observer cut off from it cannot kill a healthy instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from nodeorch.placement import rendezvous_score
+from nodeorch.services import HealthSpec
+
+OTHER_OBSERVERS = 2
+
+
+def observers(service: str, slot: str, owner: str, live_nodes: Iterable[str], kind: str) -> list[str]:
+    """The owner first, then up to two others by rendezvous score; exec probes run on the owner only."""
+    if kind == "exec":
+        return [owner]
+    others = sorted((n for n in set(live_nodes) if n != owner),
+                    key=lambda n: (-rendezvous_score(f"health:{service}", slot, n), n))
+    return [owner, *others[:OTHER_OBSERVERS]]
+
+
+@dataclass(slots=True)
+class HealthTracker:
+    """One observer's view of one instance."""
+
+    spec: HealthSpec
+    started: float
+    """When the instance (as this observer knows it) started; initializing_timeout runs from here."""
+    successes: int = 0
+    failures: int = 0
+    status: str = "initializing"
+    since: float = 0.0
+    detail: str = ""
+
+    def record(self, ok: bool, now: float, detail: str = "") -> str:
+        self.detail = detail
+        if ok:
+            self.successes, self.failures = self.successes + 1, 0
+            if self.successes >= self.spec.healthy_threshold and self.status != "healthy":
+                self.status, self.since = "healthy", now
+        else:
+            self.failures, self.successes = self.failures + 1, 0
+            if self.failures >= self.spec.unhealthy_threshold and self.status != "unhealthy":
+                self.status, self.since = "unhealthy", now
+        if self.status == "initializing" and now - self.started >= self.spec.initializing_timeout:
+            self.status, self.since = "unhealthy", now  # never became healthy in time
+        return self.status
+
+
+def aggregate(verdicts: Mapping[str, str], live_observers: Iterable[str]) -> str:
+    """One instance's health from its live observers' verdicts: unhealthy only when all agree."""
+    seen = [verdicts.get(o) for o in live_observers]
+    if seen and all(v == "unhealthy" for v in seen):
+        return "unhealthy"
+    if any(v == "healthy" for v in seen):
+        return "healthy"
+    return "unknown"
