@@ -18,6 +18,7 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from drivers.containers.docker import DockerDriver
 from drivers.containers.process import ProcessDriver
 from gossip import (
     AppStateEvent,
@@ -156,8 +157,11 @@ class Agent:
                     Discovery(self.name, config.cluster.name, self.node.local_addr, self._discovered)
                 )
             config.node.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            driver = ProcessDriver(config.node.data_dir, self.name, self.node.local_addr[0])
-            self._runner = ServiceRunner(self, driver)
+            host = self.node.local_addr[0]
+            self._runner = ServiceRunner(self, {
+                "process": ProcessDriver(config.node.data_dir, self.name, host),
+                "docker": DockerDriver(self.name, host),
+            })
             await self.publish()
             joined = await self._join_seeds()
             notify("READY=1\nSTATUS=joined; serving on " + api.where)

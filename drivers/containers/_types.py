@@ -34,6 +34,7 @@ class InstanceSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     image: str = ""
     ports: tuple[int, ...] = ()
+    driver: str = "process"
 
     @property
     def key(self) -> str:

@@ -72,9 +72,12 @@ def labels_of(member: Member) -> dict[str, str]:
 
 
 class ServiceRunner:
-    def __init__(self, host: ServiceHost, driver: ContainerDriver, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, host: ServiceHost, drivers: Mapping[str, ContainerDriver],
+                 clock: Callable[[], float] = time.time) -> None:
         self._host = host
-        self._driver = driver
+        self._drivers = dict(drivers)
+        self._holder: dict[str, str] = {}
+        self._unreachable: dict[str, str] = {}
         self._clock = clock
         self._memory = ServiceMemory()
         self._wake = asyncio.Event()
@@ -134,20 +137,40 @@ class ServiceRunner:
     def _specs(self) -> list[ServiceSpec]:
         specs = []
         for spec in self._host.desired_services():
-            if spec.driver != self._driver.name:
+            if spec.driver not in self._drivers:
                 if spec.name not in self._unsupported:
                     self._unsupported.add(spec.name)
-                    log.warning("%s: service %s needs the %s driver, which this agent does not run yet",
+                    log.warning("%s: service %s needs the %s driver, which this agent does not run",
                                 self._host.name, spec.name, spec.driver)
                     self._host.events.append("service.unsupported", service=spec.name, driver=spec.driver)
                 continue
             specs.append(spec)
         return specs
 
+    async def _instances(self) -> list[InstanceStatus]:
+        """What every driver holds; a driver that cannot answer (an unreachable Docker engine) is
+        reported once and skipped, so the other drivers' instances are still reconciled."""
+        found: list[InstanceStatus] = []
+        for name, driver in self._drivers.items():
+            try:
+                listed = await driver.instances()
+            except DriverError as error:
+                if self._unreachable.get(name) != str(error):
+                    self._unreachable[name] = str(error)
+                    log.error("%s: %s driver: %s", self._host.name, name, error)
+                    self._host.events.append("driver.unavailable", driver=name, error=str(error))
+                continue
+            if self._unreachable.pop(name, None) is not None:
+                self._host.events.append("driver.available", driver=name)
+            for status in listed:
+                self._holder[status.key] = name
+            found += listed
+        return found
+
     async def reconcile(self) -> None:
         now = self._clock()
         reported = self._reported()
-        local = await self._driver.instances()
+        local = await self._instances()
         if not self._settled and not self._view_complete(now):
             # Just started: adopt and report what runs here, but decide nothing until the other
             # nodes' documents arrived, or instances running elsewhere would be started twice.
@@ -159,7 +182,7 @@ class ServiceRunner:
                                   recreate)
         if decisions:
             await asyncio.gather(*(self._execute(d) for d in decisions))
-            local = await self._driver.instances()
+            local = await self._instances()
         await self._publish(local)
 
     def _view_complete(self, now: float) -> bool:
@@ -219,21 +242,34 @@ class ServiceRunner:
             except DriverError as failure:
                 error = str(failure)
                 log.warning("%s: %s %s failed: %s", self._host.name, kind, target, error)
+                self._back_off(decision)
             self._host.jobs.finish(job, self._clock(), error)
             self._host.events.append("job.finished", job=job.id, action=kind, target=target, error=error or None)
 
+    def _back_off(self, decision: Decision) -> None:
+        """A failed start waits like a crash does, so a broken image or engine is not hammered."""
+        if isinstance(decision, Start | Replace):
+            spec = next((s for s in self._host.desired_services() if s.name == decision.spec.service), None)
+            if spec is not None:
+                self._memory.backoff_for(spec).failed(decision.spec.key, self._clock())
+
     def _describe(self, decision: Decision) -> tuple[str, str, Callable[[], Coroutine[Any, Any, object]]]:
-        driver = self._driver
         match decision:
             case Start(spec):
+                driver = self._drivers[spec.driver]
                 return "start", spec.key, lambda: driver.start(spec)
             case Replace(spec, grace):
+                old = self._drivers[self._holder.get(spec.key, spec.driver)]
+                new = self._drivers[spec.driver]
+
                 async def replace() -> None:
-                    await driver.stop(spec.service, spec.slot, grace)
-                    await driver.start(spec)
+                    await old.stop(spec.service, spec.slot, grace)
+                    await new.start(spec)
 
                 return "replace", spec.key, replace
             case Stop(service, slot, grace, reason):
-                log.info("%s: stopping %s/%s: %s", self._host.name, service, slot, reason)
-                return "stop", f"{service}/{slot}", lambda: driver.stop(service, slot, grace)
+                key = f"{service}/{slot}"
+                holder = self._drivers[self._holder.get(key, "process")]
+                log.info("%s: stopping %s: %s", self._host.name, key, reason)
+                return "stop", key, lambda: holder.stop(service, slot, grace)
         raise TypeError(decision)

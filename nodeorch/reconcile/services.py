@@ -71,7 +71,7 @@ def shape(spec: ServiceSpec) -> ServiceShape:
 
 
 def instance_spec(spec: ServiceSpec, slot: str) -> InstanceSpec:
-    return InstanceSpec(spec.name, slot, spec.digest, spec.command, spec.env, spec.image, spec.ports)
+    return InstanceSpec(spec.name, slot, spec.digest, spec.command, spec.env, spec.image, spec.ports, spec.driver)
 
 
 def held_instances(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,53 @@ async def start_cluster(
         await node.start()
         nodes.append(node)
     return nodes
+
+
+BUSYBOX_IMAGE = "nodeorch-test/busybox:local"
+
+
+def docker_client() -> Any:
+    """The local Docker engine, or a failure that says how to get one."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except docker.errors.DockerException as error:
+        pytest.fail(f"the Docker engine is not reachable ({error}); `make test` as root installs docker.io and "
+                    "starts dockerd --storage-driver=vfs")
+    return client
+
+
+@pytest.fixture(scope="session")
+def busybox_image() -> str:
+    """A local image built with `docker import` from a busybox root filesystem (nothing is pulled)."""
+    import io
+    import shutil
+    import tarfile
+
+    import docker
+
+    client = docker_client()
+    try:
+        client.images.get(BUSYBOX_IMAGE)
+        return BUSYBOX_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox is missing: apt-get install busybox-static (make test installs it as root)")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in ("sh", "sleep", "httpd", "echo", "cat", "ls", "true", "false", "mkdir", "wget"):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        for folder in ("tmp", "www"):
+            entry = tarfile.TarInfo(folder)
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o1777
+            tar.addfile(entry)
+    repository, tag = BUSYBOX_IMAGE.split(":")
+    client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=tag)
+    return BUSYBOX_IMAGE

@@ -5,27 +5,54 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState
+from drivers.containers.docker import DockerDriver
 from drivers.containers.memory import MemoryDriver
 from drivers.containers.process import ProcessDriver, process_start_ticks
+
+from .conftest import docker_client
 
 SLEEPER = (sys.executable, "-c", "import time, os; print(os.environ['NODEORCH_SLOT'], flush=True); time.sleep(300)")
 
 
-@pytest.fixture(params=["process", "memory"])
-def make_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ContainerDriver]:
+IMAGE = {"image": ""}
+
+
+@pytest.fixture(autouse=True)
+def no_image_by_default() -> None:
+    IMAGE["image"] = ""
+
+
+@pytest.fixture(params=["process", "memory", "docker"])
+def make_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], ContainerDriver]]:
+    IMAGE["image"] = ""
     if request.param == "process":
-        return lambda: ProcessDriver(tmp_path, "node-a", "127.0.0.2")
-    shared = MemoryDriver()
-    return lambda: shared
+        yield lambda: ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    elif request.param == "memory":
+        shared = MemoryDriver()
+        yield lambda: shared
+    else:
+        IMAGE["image"] = request.getfixturevalue("busybox_image")
+        node = f"conformance-{tmp_path.name[-12:]}"
+        yield lambda: DockerDriver(node, "127.0.0.2")
+        remove_containers(node)
+
+
+def remove_containers(node: str) -> None:
+    client = docker_client()
+    for container in client.containers.list(all=True, filters={"label": f"io.nodeorch.node={node}"}):
+        container.remove(force=True)
 
 
 def spec(slot: str = "0", digest: str = "d1", command: tuple[str, ...] = SLEEPER) -> InstanceSpec:
+    if IMAGE["image"]:  # the docker image has busybox, not python
+        command = ("sleep", "300") if command == SLEEPER else command
+        return InstanceSpec("web", slot, digest, command, image=IMAGE["image"], driver="docker")
     return InstanceSpec("web", slot, digest, command, env={"GREETING": "hi"})
 
 
@@ -43,9 +70,49 @@ async def test_start_list_stop(make_driver: Callable[[], ContainerDriver]) -> No
 
 async def test_a_command_that_cannot_run_is_a_permanent_error(make_driver: Callable[[], ContainerDriver]) -> None:
     driver = make_driver()
+    bad = spec(command=())
+    if bad.driver == "docker":
+        bad = InstanceSpec("web", "0", "d1", ("sleep", "1"), image="nodeorch-test/absent:none", driver="docker")
     with pytest.raises(DriverError) as caught:
-        await driver.start(spec(command=()))
+        await driver.start(bad)
     assert not caught.value.transient
+
+
+async def test_a_new_driver_adopts_what_runs(make_driver: Callable[[], ContainerDriver]) -> None:
+    first = make_driver()
+    started = await first.start(spec())
+    (adopted,) = await make_driver().instances()  # as after an agent restart
+    assert adopted.state is InstanceState.RUNNING and adopted.ref == started.ref and adopted.digest == "d1"
+    await make_driver().stop("web", "0", grace=1)
+    assert await first.instances() == []
+
+
+async def test_the_docker_driver_reports_exit_codes_and_labels(busybox_image: str, tmp_path: Path) -> None:
+    node = f"labels-{tmp_path.name[-12:]}"
+    driver = DockerDriver(node, "127.0.0.2")
+    try:
+        crash = InstanceSpec("job", "0", "d9", ("sh", "-c", "exit 3"), image=busybox_image, driver="docker")
+        await driver.start(crash)
+        for _ in range(100):
+            (status,) = await driver.instances()
+            if status.state is InstanceState.EXITED:
+                break
+            await asyncio.sleep(0.1)
+        assert status.state is InstanceState.EXITED and status.exit_code == 3
+        container = docker_client().containers.get(f"nodeorch-job-0-{node}")
+        assert container.labels["io.nodeorch.service"] == "job" and container.labels["io.nodeorch.digest"] == "d9"
+        assert container.labels["io.nodeorch.node"] == node and container.labels["io.nodeorch.slot"] == "0"
+    finally:
+        remove_containers(node)
+
+
+async def test_an_unreachable_docker_engine_is_a_clear_transient_error() -> None:
+    import docker
+
+    driver = DockerDriver("n", "127.0.0.2", lambda: docker.DockerClient(base_url="unix:///nonexistent/docker.sock"))
+    with pytest.raises(DriverError, match="the Docker engine is unreachable") as caught:
+        await driver.instances()
+    assert caught.value.transient
 
 
 async def test_the_process_driver_reports_a_crash_with_its_exit_code(tmp_path: Path) -> None:
