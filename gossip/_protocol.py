@@ -163,6 +163,7 @@ class GossipCore:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._requests: dict[int, _Request] = {}
+        self._strangers: dict[Address, float] = {}
 
         self._app: dict[str, tuple[int, bytes]] = {}
         self._app_floor = 0
@@ -392,7 +393,8 @@ class GossipCore:
         entry = self._table.get(probe.target)
         if entry is None or entry.incarnation != probe.incarnation:
             return  # it refuted or changed while we probed
-        log.info("%s: no ack from %s; suspecting it", self.name, probe.target)
+        if entry.state is MemberState.ALIVE:
+            log.info("%s: no ack from %s; suspecting it", self.name, probe.target)
         self._apply_suspect(now, Suspect(probe.incarnation, probe.target, self.name), out)
 
     def on_unreachable(self, now: float, addr: Address) -> list[Action]:
@@ -441,6 +443,7 @@ class GossipCore:
                     self.stats["drop_wrong_target"] += 1
                     return
                 replies.append((src, encode(Ack(message.seq))))
+                self._sync_with_stranger(now, message.source, message.source_addr, out)
             case IndirectPing():
                 seq = self._next_seq()
                 deadline = now + self.config.probe_timeout
@@ -466,6 +469,18 @@ class GossipCore:
                 self._apply_app_announce(now, message, src, out)
             case _:
                 self.stats["drop_unexpected"] += 1
+
+    def _sync_with_stranger(self, now: float, source: str, addr: Address, out: list[Action]) -> None:
+        """A member we do not know probes us: we restarted (without seeds) while it kept us in its
+        table. One push-pull with it teaches us the whole cluster at once."""
+        if source in self._table or source == self.name or self._table.leaving:
+            return
+        if self._strangers.get(addr, 0.0) > now:
+            return
+        self._strangers = {a: t for a, t in self._strangers.items() if t > now}
+        self._strangers[addr] = now + self.config.probe_interval * 5
+        self.stats["stranger_syncs"] += 1
+        out.append(self._push_pull_request(addr, True))
 
     # Applying membership messages ------------------------------------------------------------------
 

@@ -162,6 +162,7 @@ class Agent:
                 "process": ProcessDriver(config.node.data_dir, self.name, host),
                 "docker": DockerDriver(self.name, host),
             })
+            self._instances = await self._runner.adopt()
             await self.publish()
             joined = await self._join_seeds()
             notify("READY=1\nSTATUS=joined; serving on " + api.where)
@@ -265,6 +266,11 @@ class Agent:
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
         return self.desired.state.services if self.desired.state else ()
+
+    @property
+    def expects_peers(self) -> bool:
+        """Whether this node has seeds to join: until one answers, its view is only itself."""
+        return bool(self.config.gossip.seeds)
 
     def address_of(self, name: str) -> str | None:
         member = self.node.member(name)

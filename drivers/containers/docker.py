@@ -70,23 +70,31 @@ class DockerDriver:
             self._client = None
             raise DriverError(f"the Docker engine is unreachable: {error}") from None
 
-    def _status(self, container: Any) -> InstanceStatus | None:
-        labels = container.labels or {}
+    def _status(self, attrs: dict[str, Any]) -> InstanceStatus | None:
+        """An instance from a container's inspect data."""
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
         service, slot = labels.get(f"{LABEL}.service"), labels.get(f"{LABEL}.slot")
         if not service or slot is None:
             return None
-        state = container.attrs.get("State", {})
+        state = attrs.get("State", {})
         status = _STATES.get(state.get("Status", ""), InstanceState.FAILED)
         exit_code = state.get("ExitCode") if status in (InstanceState.EXITED, InstanceState.FAILED) else None
-        return InstanceStatus(service, slot, labels.get(f"{LABEL}.digest", ""), status, container.id[:12],
+        return InstanceStatus(service, slot, labels.get(f"{LABEL}.digest", ""), status, str(attrs.get("Id", ""))[:12],
                               float(labels.get(f"{LABEL}.started", "0") or 0), exit_code,
                               state.get("Error", "") or "")
 
     async def instances(self) -> list[InstanceStatus]:
-        def listing() -> list[Any]:
-            return list(self._docker().containers.list(all=True, filters={"label": f"{LABEL}.node={self._node}"}))
+        def listing() -> list[dict[str, Any]]:
+            api = self._docker().api
+            details = []
+            for summary in api.containers(all=True, filters={"label": f"{LABEL}.node={self._node}"}):
+                try:
+                    details.append(api.inspect_container(summary["Id"]))
+                except docker.errors.NotFound:
+                    continue  # removed between the listing and the inspection
+            return details
 
-        found = [self._status(c) for c in await self._call(listing)]
+        found = [self._status(attrs) for attrs in await self._call(listing)]
         return sorted((s for s in found if s is not None), key=lambda s: s.key)
 
     async def start(self, spec: InstanceSpec) -> InstanceStatus:
@@ -113,7 +121,7 @@ class DockerDriver:
                                                  environment=env, network_mode="host")
             container.start()
             container.reload()
-            return container
+            return container.attrs
 
         status = self._status(await self._call(run))
         assert status is not None

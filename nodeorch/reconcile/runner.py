@@ -56,6 +56,9 @@ class ServiceHost(Protocol):
 
     def desired_services(self) -> tuple[ServiceSpec, ...]: ...
 
+    @property
+    def expects_peers(self) -> bool: ...
+
     def address_of(self, name: str) -> str | None: ...
 
     async def publish_instances(
@@ -88,6 +91,13 @@ class ServiceRunner:
         self._settled = False
         self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name))
         self._health_map: dict[Watched, str] = {}
+
+    async def adopt(self) -> tuple[dict[str, object], ...]:
+        """What already runs here (from before a restart), for the agent's very first document:
+        published empty, it would let other nodes think these slots are free and start them twice."""
+        records = instance_records(await self._instances(), self._memory, self._clock())
+        self._published = (records, ())
+        return records
 
     def trigger(self) -> None:
         """Something changed: run a pass soon (level-triggered: many triggers, one pass)."""
@@ -191,6 +201,8 @@ class ServiceRunner:
             return True
         live = [m.name for m in self._host.members()
                 if m.name != self._host.name and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+        if not live and self._host.expects_peers:
+            return False  # seeds are configured but none answered yet: this view is not the cluster's
         return all(name in self._host.documents for name in live)
 
     def _watch_health(

@@ -146,3 +146,12 @@ def test_a_restarted_node_app_state_overtakes_its_earlier_life() -> None:
     assert sim.run_for(60, stop=lambda: all(
         (s := n.core.app_state("node-1")) is not None and s[1] == b"new" for n in sim.running()
     ))
+
+
+def test_a_node_restarted_without_seeds_relearns_the_cluster_from_the_first_probe() -> None:
+    sim = joined_cluster(10, seed=29)
+    sim.kill("node-0")
+    sim.restart("node-0")  # straight back, no seeds: the others never noticed it was gone
+    started = sim.now
+    assert sim.run_for(10, stop=lambda: len(sim.nodes["node-0"].core.names_in_state(MemberState.ALIVE)) == 10)
+    assert sim.now - started < 3, "one probe from anyone, then one push-pull"

@@ -1,0 +1,127 @@
+"""Docker services across three agents sharing the real engine: placement, adoption after an agent
+restart (no duplicate containers), replacement on a spec change, failover of a lost node."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossip._process import wait_until
+
+from .agents import AgentProcess
+from .conftest import docker_client
+from .test_services_process import get, running_nodes
+
+NAMES = ["dk-1", "dk-2", "dk-3"]
+
+
+def desired(image: str, revision: int, mode: str) -> str:
+    return f"""
+revision = {revision}
+
+[[service]]
+name = "box"
+driver = "docker"
+image = "{image}"
+command = ["sleep", "3600"]
+env = {{ MODE = "{mode}" }}
+scale = 2
+stop_grace = "1s"
+"""
+
+
+def containers() -> dict[str, dict[str, Any]]:
+    """Our containers on the engine: name -> {id, node, digest, status}."""
+    found = {}
+    for c in docker_client().api.containers(all=True, filters={"label": "io.nodeorch.service=box"}):
+        labels = c["Labels"]
+        if labels.get("io.nodeorch.node") in NAMES:
+            found[c["Names"][0].lstrip("/")] = {"id": c["Id"], "node": labels["io.nodeorch.node"], "status": c["State"],
+                                                "digest": labels["io.nodeorch.digest"]}
+    return found
+
+
+def running_containers() -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in containers().items() if v["status"] == "running"}
+
+
+@pytest.fixture
+async def trio(tmp_path: Path, busybox_image: str) -> AsyncIterator[list[AgentProcess]]:
+    (tmp_path / "desired.toml").write_text(desired(busybox_image, 1, "one"))
+    first = AgentProcess(tmp_path, NAMES[0], "127.0.0.2", [])
+    agents = [first] + [AgentProcess(tmp_path, name, f"127.0.0.{i + 2}", [first.gossip])
+                        for i, name in enumerate(NAMES[1:], start=1)]
+    try:
+        for agent in agents:
+            agent.start()
+        for agent in agents:
+            await agent.wait_ready()
+        yield agents
+    finally:
+        for agent in agents:
+            agent.kill()
+        client = docker_client()
+        for c in client.containers.list(all=True, filters={"label": "io.nodeorch.service=box"}):
+            if c.labels.get("io.nodeorch.node") in NAMES:
+                c.remove(force=True)
+
+
+async def two_running_on_distinct_nodes(agent: AgentProcess) -> list[str] | None:
+    services = await get(agent, "/v1/services")
+    box: dict[str, Any] = next((s for s in services if s["name"] == "box"), {"instances": []})
+    nodes = running_nodes(box["instances"])
+    engine = running_containers()
+    if len(nodes) == 2 and len(set(nodes)) == 2 and len(engine) == 2:
+        return nodes
+    return None
+
+
+async def test_docker_services_adopt_replace_and_fail_over(
+    trio: list[AgentProcess], tmp_path: Path, busybox_image: str
+) -> None:
+    a = trio[0]
+    placed = await wait_until(lambda: two_running_on_distinct_nodes(a), 40)
+
+    # An agent that crashes and comes straight back adopts its container instead of starting another.
+    host = next(agent for agent in trio if agent.name == placed[0])
+    before = {v["id"] for v in running_containers().values()}
+    host.kill()
+    host.start()
+    await host.wait_ready()
+    try:
+        await wait_until(lambda: two_running_on_distinct_nodes(a), 30)
+    except TimeoutError:
+        views = {agent.name: await get(agent, "/v1/services") for agent in trio}
+        raise AssertionError(f"after the restart of {host.name}: engine {containers()}, views {views}") from None
+    assert {v["id"] for v in running_containers().values()} == before, "adopted: the same two containers"
+    assert len(containers()) == 2, "no duplicate container was created"
+
+    # A changed spec replaces every container.
+    (tmp_path / "desired.toml").write_text(desired(busybox_image, 2, "two"))
+
+    def replaced() -> bool:
+        now = running_containers()
+        return len(now) == 2 and not ({v["id"] for v in now.values()} & before)
+
+    await wait_until(replaced, 40)
+    digests = {v["digest"] for v in running_containers().values()}
+    assert len(digests) == 1
+
+    # A node lost with its container: the instance comes back on the third node.
+    await wait_until(lambda: two_running_on_distinct_nodes(a), 30)
+    victim_name = sorted(v["node"] for v in running_containers().values())[-1]
+    victim = next(agent for agent in trio if agent.name == victim_name)
+    survivors = [agent for agent in trio if agent is not victim]
+    victim.kill()
+    for name, info in containers().items():
+        if info["node"] == victim_name:
+            docker_client().containers.get(name).remove(force=True)
+
+    async def on_survivors() -> bool:
+        nodes = sorted(v["node"] for v in running_containers().values())
+        return nodes == sorted(s.name for s in survivors)
+
+    await wait_until(on_survivors, 40)
