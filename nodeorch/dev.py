@@ -37,6 +37,12 @@ name = "web"
 driver = "process"
 command = ["{sys.executable}", "-m", "http.server", "8080", "--bind", "${{NODEORCH_NODE_ADDR}}"]
 scale = 2
+
+[service.health]
+kind = "http"
+port = 8080
+path = "/"
+interval = "1s"
 """
 
 

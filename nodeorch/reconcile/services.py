@@ -106,9 +106,13 @@ def plan_services(
     placement = place_services((shape(s) for s in by_name.values()), nodes, running)
     mine = {f"{a.service}/{a.slot}": a for a in placement if a.node == me}
     owners = {f"{a.service}/{a.slot}": a.node for a in placement}
+    # A handover completes when the new owner runs the instance, and, for a service with a health
+    # check, when it is healthy: a move never lowers the number of healthy instances.
     running_elsewhere = {
         (node, f"{r['service']}/{r['slot']}")
-        for node, records in reported.items() for r in records if r.get("state") == "running"
+        for node, records in reported.items() for r in records
+        if r.get("state") == "running"
+        and ((s := by_name.get(str(r.get("service")))) is None or s.health is None or r.get("health") == "healthy")
     }
     decisions: list[Decision] = []
 

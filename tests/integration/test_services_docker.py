@@ -3,6 +3,10 @@ restart (no duplicate containers), replacement on a spec change, failover of a l
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,7 @@ from gossip._process import wait_until
 
 from .agents import AgentProcess
 from .conftest import docker_client
-from .test_services_process import get, running_nodes
+from .test_services_process import get, pids, running_nodes
 
 NAMES = ["dk-1", "dk-2", "dk-3"]
 
@@ -125,3 +129,39 @@ async def test_docker_services_adopt_replace_and_fail_over(
         return nodes == sorted(s.name for s in survivors)
 
     await wait_until(on_survivors, 40)
+
+
+async def test_an_unreachable_engine_fails_docker_instances_only(tmp_path: Path) -> None:
+    (tmp_path / "desired.toml").write_text(f"""
+revision = 1
+
+[[service]]
+name = "boxed"
+driver = "docker"
+image = "nodeorch-test/busybox:local"
+command = ["sleep", "3600"]
+
+[[service]]
+name = "plain"
+command = ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+""")
+    agent = AgentProcess(tmp_path, "no-engine", "127.0.0.2", [], env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    agent.start()
+    try:
+        await agent.wait_ready()
+
+        async def settled() -> dict[str, Any] | None:
+            services = {s["name"]: s for s in await get(agent, "/v1/services")}
+            jobs = await get(agent, "/v1/jobs")
+            failed = [j for j in jobs if j["target"] == "boxed/0" and j["state"] == "failed"]
+            plain = running_nodes(services.get("plain", {"instances": []})["instances"])
+            return {"failed": failed} if failed and plain == ["no-engine"] else None
+
+        outcome = await wait_until(settled, 30)
+        assert "the Docker engine is unreachable" in outcome["failed"][0]["error"]
+        assert (await get(agent, "/v1/health")) == {"status": "ok"}
+    finally:
+        agent.kill()
+        for pid in pids(tmp_path, "no-engine").values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)

@@ -141,3 +141,24 @@ async def test_an_observer_cut_off_from_a_healthy_instance_cannot_get_it_replace
             assert pids(tmp_path, owner_name) == before, "a healthy instance was replaced"
             await asyncio.sleep(0.5)
     assert pids(tmp_path, owner_name) == before
+
+
+async def test_drain_never_lowers_the_number_of_healthy_instances(
+    trio: tuple[list[AgentProcess], int], tmp_path: Path
+) -> None:
+    agents, _ = trio
+    pair = await wait_until(lambda: healthy_pair(agents[0]), 40)
+    drained = next(a for a in agents if a.name == sorted(pair)[0])
+    assert drained.cli_json("drain")["draining"] is True
+    fewest = 2
+    for _ in range(400):
+        services = await get(agents[0], "/v1/services")
+        web = next(s for s in services if s["name"] == "web")
+        healthy = [i for i in web["instances"] if i["state"] == "running" and i["health"] == "healthy"]
+        fewest = min(fewest, len(healthy))
+        if len(healthy) == 2 and drained.name not in {i["node"] for i in healthy} and not pids(tmp_path, drained.name):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the drain did not complete: {web}")
+    assert fewest == 2, "never fewer healthy instances than desired during the move"

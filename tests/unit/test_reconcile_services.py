@@ -79,3 +79,19 @@ def test_a_handover_that_never_completes_times_out() -> None:
 def test_an_instance_of_a_removed_service_is_stopped() -> None:
     (stop,) = plan_services(0.0, "a", [], NODES, {}, [running()], ServiceMemory())
     assert isinstance(stop, Stop) and stop.reason == "no longer desired"
+
+
+def test_a_health_checked_handover_waits_for_the_new_instance_to_be_healthy() -> None:
+    from nodeorch.services import HealthSpec
+
+    checked = ServiceSpec("web", command=("web",), scale=1, health=HealthSpec("http", port=80))
+    me = owner(checked)
+    other = "b" if me == "a" else "a"
+    draining = [NodeView(me, draining=True), NodeView(other)]
+    memory = ServiceMemory()
+    mine = running(checked)
+    starting = {other: [{"service": "web", "slot": "0", "state": "running", "health": "unknown"}]}
+    assert plan_services(1.0, me, [checked], draining, starting, [mine], memory) == []
+    healthy = {other: [{"service": "web", "slot": "0", "state": "running", "health": "healthy"}]}
+    (stop,) = plan_services(2.0, me, [checked], draining, healthy, [mine], memory)
+    assert isinstance(stop, Stop)
