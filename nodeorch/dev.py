@@ -74,9 +74,10 @@ path = "{folder / 'desired.toml'}"
 
 
 class DevCluster:
-    def __init__(self, count: int, folder: Path) -> None:
+    def __init__(self, count: int, folder: Path, desired: str | None = None) -> None:
         self.count = count
         self.folder = folder
+        self.desired = desired if desired is not None else demo_desired()
         self.procs: list[asyncio.subprocess.Process] = []
         self.apis = [f"127.0.0.{i + 2}:{API_PORT}" for i in range(count)]
 
@@ -85,7 +86,7 @@ class DevCluster:
         keyring = self.folder / "keyring"
         if not keyring.exists():
             write_keyring(keyring)
-        (self.folder / "desired.toml").write_text(demo_desired())
+        (self.folder / "desired.toml").write_text(self.desired)
         seeds = [f"127.0.0.2:{GOSSIP_PORT}"]
         for i in range(self.count):
             node = self.folder / f"node-{i + 1}"
@@ -94,14 +95,17 @@ class DevCluster:
 
     async def start(self) -> None:
         for i in range(self.count):
-            node = self.folder / f"node-{i + 1}"
-            log = (node / "agent.log").open("ab")
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "nodeorch", "agent", "--config", str(node / "nodeorch.toml"),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            )
-            log.close()
-            self.procs.append(proc)
+            self.procs.append(await self.start_agent(i))
+
+    async def start_agent(self, index: int) -> asyncio.subprocess.Process:
+        node = self.folder / f"node-{index + 1}"
+        log = (node / "agent.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nodeorch", "agent", "--config", str(node / "nodeorch.toml"),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+        log.close()
+        return proc
 
     async def snapshot(self) -> list[dict[str, Any]]:
         async def one(i: int) -> dict[str, Any]:

@@ -4,11 +4,13 @@ address each (like separate hosts), and the CLI run as a user would run it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,33 @@ path = "{desired}"
 
 def states(agent: AgentProcess) -> dict[str, str]:
     return {m["name"]: m["state"] for m in agent.cli_json("members")}
+
+
+def instance_pids(folder: Path, name: str) -> dict[str, int]:
+    """The instance pids an agent's process driver recorded (service-slot -> pid)."""
+    run = folder / name / "data" / "run"
+    return {p.stem: json.loads(p.read_text())["pid"] for p in run.glob("*.json")} if run.is_dir() else {}
+
+
+@contextlib.asynccontextmanager
+async def agent_trio(folder: Path, desired: str, names: Sequence[str] = ("node-1", "node-2", "node-3"),
+                     ) -> AsyncIterator[list[AgentProcess]]:
+    """Three agents on 127.0.0.2-4 sharing `desired`; on exit the agents and the process instances
+    they ran are killed (instances outlive a killed agent by design)."""
+    (folder / "desired.toml").write_text(desired)
+    first = AgentProcess(folder, names[0], "127.0.0.2", [])
+    agents = [first] + [AgentProcess(folder, name, f"127.0.0.{i + 2}", [first.gossip])
+                        for i, name in enumerate(names[1:], start=1)]
+    try:
+        for agent in agents:
+            agent.start()
+        for agent in agents:
+            await agent.wait_ready()
+        yield agents
+    finally:
+        for agent in agents:
+            agent.kill()
+        for agent in agents:
+            for pid in instance_pids(folder, agent.name).values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ import pytest
 
 from gossip._process import wait_until
 
-from .agents import AgentProcess
+from .agents import AgentProcess, agent_trio
 from .conftest import docker_client
 from .test_services_process import get, pids, running_nodes
 
@@ -54,19 +54,10 @@ def running_containers() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture
 async def trio(tmp_path: Path, busybox_image: str) -> AsyncIterator[list[AgentProcess]]:
-    (tmp_path / "desired.toml").write_text(desired(busybox_image, 1, "one"))
-    first = AgentProcess(tmp_path, NAMES[0], "127.0.0.2", [])
-    agents = [first] + [AgentProcess(tmp_path, name, f"127.0.0.{i + 2}", [first.gossip])
-                        for i, name in enumerate(NAMES[1:], start=1)]
     try:
-        for agent in agents:
-            agent.start()
-        for agent in agents:
-            await agent.wait_ready()
-        yield agents
+        async with agent_trio(tmp_path, desired(busybox_image, 1, "one"), NAMES) as agents:
+            yield agents
     finally:
-        for agent in agents:
-            agent.kill()
         client = docker_client()
         for c in client.containers.list(all=True, filters={"label": "io.nodeorch.service=box"}):
             if c.labels.get("io.nodeorch.node") in NAMES:

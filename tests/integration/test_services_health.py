@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,7 @@ import pytest
 
 from gossip._process import wait_until
 
-from .agents import AgentProcess
+from .agents import AgentProcess, agent_trio
 from .conftest import free_port
 from .test_services_process import get, pids
 
@@ -62,22 +61,8 @@ strategy = "recreate"
 @pytest.fixture
 async def trio(tmp_path: Path) -> AsyncIterator[tuple[list[AgentProcess], int]]:
     port = free_port()
-    (tmp_path / "desired.toml").write_text(desired(tmp_path, port))
-    first = AgentProcess(tmp_path, "node-1", "127.0.0.2", [])
-    agents = [first] + [AgentProcess(tmp_path, f"node-{i}", f"127.0.0.{i + 1}", [first.gossip]) for i in (2, 3)]
-    try:
-        for agent in agents:
-            agent.start()
-        for agent in agents:
-            await agent.wait_ready()
+    async with agent_trio(tmp_path, desired(tmp_path, port)) as agents:
         yield agents, port
-    finally:
-        for agent in agents:
-            agent.kill()
-        for agent in agents:
-            for pid in pids(tmp_path, agent.name).values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
 
 
 async def healthy_pair(agent: AgentProcess) -> dict[str, Any] | None:

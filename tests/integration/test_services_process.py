@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ import pytest
 
 from gossip._process import wait_until
 
-from .agents import AgentProcess
+from .agents import AgentProcess, agent_trio, instance_pids
 
 SERVICE = f"""
 revision = 2
@@ -48,10 +47,7 @@ def running_nodes(instances: list[dict[str, Any]]) -> list[str]:
     return sorted(i["node"] for i in instances if i["state"] == "running")
 
 
-def pids(folder: Path, name: str) -> dict[str, int]:
-    """The instance pids an agent's process driver recorded."""
-    run = folder / name / "data" / "run"
-    return {p.stem: json.loads(p.read_text())["pid"] for p in run.glob("*.json")} if run.is_dir() else {}
+pids = instance_pids
 
 
 @pytest.fixture
@@ -61,22 +57,8 @@ def desired() -> str:
 
 @pytest.fixture
 async def trio(tmp_path: Path, desired: str) -> AsyncIterator[list[AgentProcess]]:
-    (tmp_path / "desired.toml").write_text(desired)
-    first = AgentProcess(tmp_path, "node-1", "127.0.0.2", [])
-    agents = [first] + [AgentProcess(tmp_path, f"node-{i}", f"127.0.0.{i + 1}", [first.gossip]) for i in (2, 3)]
-    try:
-        for agent in agents:
-            agent.start()
-        for agent in agents:
-            await agent.wait_ready()
+    async with agent_trio(tmp_path, desired) as agents:
         yield agents
-    finally:
-        for agent in agents:
-            agent.kill()
-        for agent in agents:  # the instances too: they outlive a killed agent by design
-            for pid in pids(tmp_path, agent.name).values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
 
 
 async def test_two_instances_on_distinct_nodes_survive_a_node_loss_without_duplicates(
