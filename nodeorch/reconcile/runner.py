@@ -1,6 +1,7 @@
 """Runs the services reconciler for the agent: a pass on every trigger (membership, documents,
 desired state) and at least every RESYNC seconds; each decision is a job, at most
-MAX_CONCURRENT_JOBS at once; the outcome goes into this node's document."""
+MAX_CONCURRENT_JOBS of each kind (start, stop, replace) at once; the outcome goes into this node's
+document."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class ServiceRunner:
         self._clock = clock
         self._memory = ServiceMemory()
         self._wake = asyncio.Event()
-        self._limit = asyncio.Semaphore(MAX_CONCURRENT_JOBS)
+        self._limits: dict[str, asyncio.Semaphore] = {}
         self._published: tuple[tuple[dict[str, object], ...], tuple[dict[str, object], ...]] | None = None
         self._unsupported: set[str] = set()
         self._started = clock()
@@ -245,7 +246,8 @@ class ServiceRunner:
 
     async def _execute(self, decision: Decision) -> None:
         kind, target, action = self._describe(decision)
-        async with self._limit:
+        limit = self._limits.setdefault(kind, asyncio.Semaphore(MAX_CONCURRENT_JOBS))
+        async with limit:
             job = self._host.jobs.start(kind, target, self._clock())
             self._host.events.append("job.started", job=job.id, action=kind, target=target)
             error = ""

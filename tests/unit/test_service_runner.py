@@ -1,0 +1,81 @@
+"""The runner against the in-memory driver: jobs, crash restarts in place with backoff, records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from drivers.containers.memory import MemoryDriver
+from gossip import Member, MemberState
+from nodeorch.document import NodeDocument
+from nodeorch.eventlog import EventLog
+from nodeorch.jobs import JobTable
+from nodeorch.reconcile.runner import ServiceRunner
+from nodeorch.services import ServiceSpec
+
+
+class Host:
+    """Just enough of an agent: one live member, no peers, a fixed desired state."""
+
+    def __init__(self, services: tuple[ServiceSpec, ...]) -> None:
+        self.name = "a"
+        self.events = EventLog()
+        self.jobs = JobTable()
+        self.services = services
+        self.published: list[tuple[dict[str, object], ...]] = []
+
+    def members(self) -> list[Member]:
+        return [Member("a", ("127.0.0.2", 7946), json.dumps({}).encode(), 0, MemberState.ALIVE, 0.0)]
+
+    def stale(self, name: str) -> bool:
+        return False
+
+    @property
+    def documents(self) -> Mapping[str, NodeDocument]:
+        return {}
+
+    @property
+    def expects_peers(self) -> bool:
+        return False
+
+    def address_of(self, name: str) -> str | None:
+        return "127.0.0.2"
+
+    def desired_services(self) -> tuple[ServiceSpec, ...]:
+        return self.services
+
+    async def publish_instances(
+        self, records: tuple[dict[str, object], ...], health: tuple[dict[str, object], ...]
+    ) -> None:
+        self.published.append(records)
+
+
+async def test_instances_start_as_jobs_and_a_crash_restarts_in_place_after_the_delay() -> None:
+    web = ServiceSpec("web", driver="memory", command=("web",), scale=3, spread="none", restart_delay=1.0)
+    host, driver = Host((web,)), MemoryDriver()
+    now = [100.0]
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    await runner.reconcile()
+    assert sorted(driver.started) == ["web/0", "web/1", "web/2"]
+    assert host.jobs.counts()["succeeded"] == 3
+    assert [r["state"] for r in host.published[-1]] == ["running"] * 3
+
+    driver.crash("web", "1", exit_code=137)
+    now[0] += 0.5
+    await runner.reconcile()
+    assert driver.started.count("web/1") == 1, "not before the restart delay"
+    crashed = next(r for r in host.published[-1] if r["slot"] == "1")
+    assert crashed["state"] == "restarting" and crashed["exit_code"] == 137 and crashed["restarts"] == 1
+    now[0] += 1.0
+    await runner.reconcile()
+    assert driver.started.count("web/1") == 2, "restarted in place after the delay"
+    assert host.jobs.counts()["succeeded"] == 4
+
+
+async def test_a_service_for_a_driver_this_agent_lacks_is_reported_not_run() -> None:
+    web = ServiceSpec("web", driver="docker", image="x", scale=1)
+    host, driver = Host((web,)), MemoryDriver()
+    runner = ServiceRunner(host, {"memory": driver})
+    await runner.reconcile()
+    assert driver.started == []
+    assert [e["kind"] for e in host.events.since(0)] == ["service.unsupported"]
