@@ -165,14 +165,23 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def load_node_config(path: Path | str, *, hostname: Callable[[], str] = socket.gethostname) -> NodeConfig:
-    path = Path(path)
+def read_config_file(path: Path) -> bytes:
+    """A config file's bytes, or ConfigFileError saying why it cannot be read."""
     try:
-        text = path.read_text()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ConfigFileError(path, "no such file") from None
     except OSError as error:
         raise ConfigFileError(path, f"cannot read: {error.strerror}") from None
+
+
+def load_node_config(path: Path | str, *, hostname: Callable[[], str] = socket.gethostname) -> NodeConfig:
+    path = Path(path)
+    data = read_config_file(path)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as error:
+        raise ConfigFileError(path, f"not UTF-8 text (byte {error.start})") from None
     return parse_node_config(text, path, hostname=hostname)
 
 

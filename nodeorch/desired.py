@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodeorch.config import ConfigFileError, find_line
+from nodeorch.config import ConfigFileError, find_line, read_config_file
 from nodeorch.services import ServiceSpec, parse_services
 
 _TOP_KEYS = {"revision", "service", "volume"}
@@ -32,13 +32,7 @@ def digest_of(data: bytes) -> str:
 
 
 def load_desired(path: Path) -> DesiredState:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigFileError(path, "no such file") from None
-    except OSError as error:
-        raise ConfigFileError(path, f"cannot read: {error.strerror}") from None
-    return parse_desired(data, path)
+    return parse_desired(read_config_file(path), path)
 
 
 def parse_desired(data: bytes, path: Path | str = "desired.toml") -> DesiredState:
