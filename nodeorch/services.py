@@ -88,7 +88,8 @@ class _Service:
 
     def __init__(self, path: Path, text: str, index: int, raw: dict[str, Any]) -> None:
         self.path, self.text, self.index, self.raw = path, text, index, dict(raw)
-        self.label = f"service[{raw.get('name', index)}]"
+        name = raw.get("name")
+        self.label = f"service[{name if isinstance(name, str) and name else index}]"
         self.section = ""
 
     def fail(self, key: str, problem: str) -> ConfigFileError:

@@ -26,7 +26,7 @@ def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
 
 class AgentProcess:
     def __init__(self, folder: Path, name: str, ip: str, seeds: list[str], *, cluster: str = "test",
-                 extra: str = "", env: dict[str, str] | None = None) -> None:
+                 extra: str = "", env: dict[str, str] | None = None, desired: Path | None = None) -> None:
         self.name = name
         self.ip = ip
         self.gossip_port = free_port()
@@ -41,7 +41,7 @@ class AgentProcess:
         keyring = folder / "keyring"
         if not keyring.exists():
             write_keyring(keyring)
-        desired = folder / "desired.toml"
+        desired = desired or folder / "desired.toml"
         if not desired.exists():
             desired.write_text("revision = 1\n")
         self.config.write_text(f"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -290,3 +291,43 @@ def test_the_agent_refuses_bad_config_and_unsafe_keyrings_with_exit_2(folder: Pa
     (folder / "keyring").chmod(0o644)
     result = cli("agent", "--config", str(fine.config))
     assert result.returncode == 2 and "readable by others" in result.stderr
+
+
+async def test_a_bad_desired_file_keeps_the_last_good_state_and_digests_are_compared(folder: Path) -> None:
+    own = folder / "own-desired.toml"
+    own.write_text("revision = 5\n")
+    a = AgentProcess(folder, "node-1", "127.0.0.2", [])
+    b = AgentProcess(folder, "node-2", "127.0.0.3", [a.gossip], desired=own)
+    try:
+        for agent in (a, b):
+            agent.start()
+        for agent in (a, b):
+            await agent.wait_ready()
+
+        async def b_differs() -> bool:
+            return bool((await get(a, "/v1/status"))["digest_differs"] == ["node-2"])
+
+        await wait_until(b_differs, 15)
+        own.write_text("revision = 6\n[[service]]\nname = 7\n")
+
+        async def refused() -> dict[str, Any] | None:
+            status = await get(b, "/v1/status")
+            return status if status["desired"]["error"] else None
+
+        status = await wait_until(refused, 10)
+        assert status["desired"]["revision"] == 5, "the last good desired state stays in force"
+        assert "own-desired.toml" in status["desired"]["error"] and "service[0]" in status["desired"]["error"]
+        events = cli("events", "--api", b.api).stdout
+        assert "desired.error" in events
+        own.write_text((folder / "desired.toml").read_text())
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGHUP)
+
+        async def same_again() -> bool:
+            status_a, status_b = await get(a, "/v1/status"), await get(b, "/v1/status")
+            return bool(status_b["desired"]["error"] is None and status_a["digest_differs"] == [])
+
+        await wait_until(same_again, 15)
+    finally:
+        a.kill()
+        b.kill()
