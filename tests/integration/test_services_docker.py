@@ -3,6 +3,7 @@ restart (no duplicate containers), replacement on a spec change, failover of a l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -156,3 +157,84 @@ command = ["{sys.executable}", "-c", "import time; time.sleep(600)"]
         for pid in pids(tmp_path, "no-engine").values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def web_desired(image: str, port: int) -> str:
+    serve = f"mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p $NODEORCH_NODE_ADDR:{port} -h /www"
+    return f"""
+revision = 1
+
+[[service]]
+name = "box"
+driver = "docker"
+image = "{image}"
+command = ["sh", "-c", "{serve}"]
+scale = 2
+stop_grace = "1s"
+restart_delay = "1s"
+
+[service.health]
+kind = "http"
+port = {port}
+path = "/index.html"
+interval = "300ms"
+timeout = "1s"
+healthy_threshold = 1
+unhealthy_threshold = 3
+"""
+
+
+async def healthy_boxes(agent: AgentProcess) -> dict[str, Any] | None:
+    services = await get(agent, "/v1/services")
+    box: dict[str, Any] = next((s for s in services if s["name"] == "box"), {"instances": []})
+    healthy = [i for i in box["instances"] if i["state"] == "running" and i["health"] == "healthy"]
+    return {i["node"]: i for i in healthy} if len(healthy) == 2 and len(running_containers()) == 2 else None
+
+
+async def test_docker_crash_restart_health_replacement_and_drain(tmp_path: Path, busybox_image: str) -> None:
+    from .conftest import free_port
+
+    try:
+        async with agent_trio(tmp_path, web_desired(busybox_image, free_port()), NAMES) as trio:
+            a = trio[0]
+            await wait_until(lambda: healthy_boxes(a), 40)
+            await wait_until(lambda: len(containers()) == 2, 20)  # the cold start's duplicates are gone
+            pair = await wait_until(lambda: healthy_boxes(a), 20)
+            client = docker_client()
+
+            # The container's process dies: restarted in place (a new container on the same node).
+            node = sorted(pair)[0]
+            (name, info), = [(n, i) for n, i in running_containers().items() if i["node"] == node]
+            client.containers.get(name).kill()
+            await wait_until(lambda: any(i["node"] == node and i["id"] != info["id"]
+                                         for i in running_containers().values()), 30)
+            await wait_until(lambda: healthy_boxes(a), 30)
+
+            # Its probe fails (the page disappears): replaced once every observer agrees.
+            (name, info), = [(n, i) for n, i in running_containers().items() if i["node"] == node]
+            client.containers.get(name).exec_run(["/bin/busybox", "rm", "/www/index.html"])
+            await wait_until(lambda: any(i["node"] == node and i["id"] != info["id"]
+                                         for i in running_containers().values()), 30)
+            await wait_until(lambda: healthy_boxes(a), 30)
+
+            # Drain: the instances leave the node start-first, never fewer healthy than desired.
+            drained = next(agent for agent in trio if agent.name == node)
+            assert drained.cli_json("drain")["draining"] is True
+            fewest = 2
+            for _ in range(400):
+                healthy = healthy_nodes(await get(a, "/v1/services"))
+                fewest = min(fewest, len(healthy))
+                if len(healthy) == 2 and node not in healthy:
+                    break
+                await asyncio.sleep(0.1)
+            assert fewest == 2, "never fewer healthy instances than desired during the drain"
+            await wait_until(lambda: node not in {i["node"] for i in running_containers().values()}, 10)
+    finally:
+        for c in docker_client().containers.list(all=True, filters={"label": "io.nodeorch.service=box"}):
+            if c.labels.get("io.nodeorch.node") in NAMES:
+                c.remove(force=True)
+
+
+def healthy_nodes(services: list[dict[str, Any]]) -> list[str]:
+    box: dict[str, Any] = next((s for s in services if s["name"] == "box"), {"instances": []})
+    return [i["node"] for i in box["instances"] if i["state"] == "running" and i["health"] == "healthy"]
