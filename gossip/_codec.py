@@ -143,10 +143,6 @@ class _Fields:
         self._index += 1
         return value
 
-    def done(self) -> None:
-        # Extra trailing fields are allowed: a newer version may append fields to a message.
-        pass
-
     def uint(self) -> int:
         value = self._next()
         if type(value) is not int or not 0 <= value <= MAX_UINT64:
@@ -320,10 +316,8 @@ class Codec:
         decoder = self._decoders.get(type_id) if type(type_id) is int else None
         if decoder is None:
             raise DecodeError("unknown_type", repr(type_id)[:20])
-        fields = _Fields(self, item)
-        message = decoder(fields)
-        fields.done()
-        return message
+        # Extra trailing fields are allowed: a newer version may append fields to a message.
+        return decoder(_Fields(self, item))
 
     def decode_packet(self, data: bytes) -> list[Message]:
         """A UDP packet's messages; a single bad message rejects the whole packet."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import struct
 from collections import Counter
@@ -55,8 +56,6 @@ def generate_key() -> str:
 
 def key_id(key: bytes) -> str:
     """A short, non-secret name for a key, for logs and status (first 8 hex of its SHA-256)."""
-    import hashlib
-
     return hashlib.sha256(key).hexdigest()[:8]
 
 

@@ -35,7 +35,6 @@ class MemoryNetwork:
         self._rng = rng or random.Random(0)
         self.default = default or Link()
         self._links: dict[tuple[Address, Address], Link] = {}
-        self._node_loss: dict[Address, float] = {}
         self._groups: dict[Address, int] | None = None
         self.endpoints: dict[Address, MemoryTransport] = {}
 
@@ -45,10 +44,6 @@ class MemoryNetwork:
         """Conditions between a and b, both directions."""
         self._links[(a, b)] = link
         self._links[(b, a)] = link
-
-    def set_node_loss(self, node: Address, loss: float) -> None:
-        """Extra loss on everything to and from one node."""
-        self._node_loss[node] = loss
 
     def partition(self, *groups: Iterable[Address]) -> None:
         """Only traffic within a group flows; addresses in no group reach nobody."""
@@ -64,8 +59,7 @@ class MemoryNetwork:
             if group is None or self._groups.get(dst) != group:
                 return None
         link = self._links.get((src, dst), self.default)
-        loss = 1 - (1 - link.loss) * (1 - self._node_loss.get(src, 0.0)) * (1 - self._node_loss.get(dst, 0.0))
-        if loss > 0 and self._rng.random() < loss:
+        if link.loss > 0 and self._rng.random() < link.loss:
             return None
         return link.delay + (self._rng.random() * link.jitter if link.jitter else 0.0)
 

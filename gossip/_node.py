@@ -29,7 +29,7 @@ from gossip._crypto import CHANNEL_PACKET, CHANNEL_STREAM, Keyring, Sealer
 from gossip._errors import ClosedError, ConfigError, DecodeError, JoinError, PeerRefused, TransportError
 from gossip._events import Event
 from gossip._members import Member
-from gossip._messages import Address
+from gossip._messages import Address, MemberState
 from gossip._protocol import Action, EmitEvent, GossipCore, SendPacket, SendRequest
 from gossip._transport import Transport, UdpTcpTransport
 
@@ -423,7 +423,7 @@ class GossipNode:
         """Periodically exchange state with one seed that is not a live member, if any."""
         while True:
             await asyncio.sleep(self.config.rejoin_interval * (0.5 + self._rng.random()))
-            if not self._seeds or self.core.local.state.label == "left":
+            if not self._seeds or self.core.local.state is MemberState.LEFT:
                 continue
             known = {m.addr for m in self.core.alive_peers()}
             try:

@@ -381,15 +381,12 @@ class GossipCore:
         if probe.acked:
             return
         self.stats["probe_failures"] += 1
-        if target_refused:
-            pass  # the evidence is about the target, not about our own health
-        elif probe.expected_nacks > 0:
-            # Helpers that did not even answer with a nack point at our own links, not the target's.
-            missing = probe.expected_nacks - probe.nacks
+        if not target_refused:  # a refusal is evidence about the target, not about our own health
+            # Helpers that did not even answer with a nack point at our own links, not the target's;
+            # with no helpers to ask, the failure counts against us once.
+            missing = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
             if missing > 0:
                 self._awareness.apply(missing)
-        else:
-            self._awareness.apply(1)
         entry = self._table.get(probe.target)
         if entry is None or entry.incarnation != probe.incarnation:
             return  # it refuted or changed while we probed

@@ -22,6 +22,7 @@ from drivers.containers.docker import DockerDriver
 from drivers.containers.process import ProcessDriver
 from gossip import (
     AppStateEvent,
+    EventStream,
     GossipError,
     GossipNode,
     JoinError,
@@ -294,10 +295,7 @@ class Agent:
             await self.publish()
             self._trigger()
 
-    async def _pump(self, stream: object) -> None:
-        from gossip import EventStream
-
-        assert isinstance(stream, EventStream)
+    async def _pump(self, stream: EventStream) -> None:
         async for event in stream:
             if isinstance(event, MemberEvent):
                 m = event.member

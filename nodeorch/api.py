@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
+from gossip import parse_address
 from nodeorch import __version__
+from nodeorch.config import DEFAULT_API
 from nodeorch.metrics import render_metrics
 
 if TYPE_CHECKING:
@@ -225,9 +227,6 @@ class ApiServer:
         self.where = listen
 
     async def __aenter__(self) -> Self:
-        from gossip import parse_address
-        from nodeorch.config import DEFAULT_API
-
         self._runner = web.AppRunner(build_app(self._agent), access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
         await self._runner.setup()

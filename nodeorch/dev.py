@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.containers.process import ProcessDriver
-from nodeorch.cli import Unreachable, call, table
+from nodeorch.cli import call, table
 from nodeorch.keyring import write_keyring
 
 GOSSIP_PORT = 7946
@@ -115,7 +115,7 @@ class DevCluster:
             try:
                 status = await call(self.apis[i], "GET", "/v1/status")
                 return {"api": self.apis[i], **status}
-            except (Unreachable, Exception) as error:
+            except Exception as error:  # unreachable while it starts, or any answer but status
                 return {"name": name, "api": self.apis[i], "error": str(error)[:40] or "starting"}
 
         return list(await asyncio.gather(*(one(i) for i in range(self.count))))

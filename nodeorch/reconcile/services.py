@@ -167,7 +167,7 @@ def instance_records(
     """The instances section of this node's document."""
     records = []
     for instance in sorted(local, key=lambda i: i.key):
-        backoff = next((b for name, b in memory.backoff.items() if name == instance.service), None)
+        backoff = memory.backoff.get(instance.service)
         state = instance.state.value
         next_restart = backoff.ready_at(instance.key) if backoff else 0.0
         if instance.state is InstanceState.EXITED and next_restart > now:
