@@ -8,6 +8,7 @@ everything but what cannot be guessed has a sane default.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 import tomllib
@@ -260,3 +261,48 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
         api=ApiSection(listen, allow_remote),
         desired_path=desired_path,
     )
+
+
+def render_node_config(
+    *,
+    name: str,
+    data_dir: Path,
+    cluster: str,
+    keyring: Path,
+    bind: str,
+    api: str,
+    desired: Path,
+    seeds: list[str] | tuple[str, ...] = (),
+    labels: Mapping[str, str] | None = None,
+    discovery: str = "none",
+    profile: str = "lan",
+) -> str:
+    """A nodeorch.toml that load_node_config reads back as given (for `nodeorch dev` and tests)."""
+
+    def q(value: object) -> str:
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+    table = ", ".join(f"{k} = {q(v)}" for k, v in sorted((labels or {}).items()))
+    return f"""\
+[node]
+name = {q(name)}
+data_dir = {q(data_dir)}
+labels = {{ {table} }}
+
+[cluster]
+name = {q(cluster)}
+keyring = {q(keyring)}
+
+[gossip]
+bind = {q(bind)}
+profile = {q(profile)}
+seeds = [{", ".join(q(s) for s in seeds)}]
+discovery = {q(discovery)}
+
+[api]
+listen = {q(api)}
+
+[desired]
+path = {q(desired)}
+"""
+

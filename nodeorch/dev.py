@@ -20,6 +20,7 @@ from typing import Any
 
 from drivers.containers.process import ProcessDriver
 from nodeorch.cli import call, table
+from nodeorch.config import render_node_config
 from nodeorch.keyring import write_keyring
 
 GOSSIP_PORT = 7946
@@ -48,29 +49,11 @@ interval = "1s"
 
 def node_config(index: int, folder: Path, seeds: list[str]) -> str:
     ip = f"127.0.0.{index + 2}"
-    node = folder / f"node-{index + 1}"
-    return f"""\
-[node]
-name = "node-{index + 1}"
-data_dir = "{node / 'data'}"
-labels = {{ zone = "z{index % 3 + 1}" }}
-
-[cluster]
-name = "dev"
-keyring = "{folder / 'keyring'}"
-
-[gossip]
-bind = "{ip}:{GOSSIP_PORT}"
-profile = "lan"
-seeds = {seeds!r}
-discovery = "none"
-
-[api]
-listen = "{ip}:{API_PORT}"
-
-[desired]
-path = "{folder / 'desired.toml'}"
-""".replace("'", '"')
+    return render_node_config(
+        name=f"node-{index + 1}", data_dir=folder / f"node-{index + 1}" / "data", cluster="dev",
+        keyring=folder / "keyring", bind=f"{ip}:{GOSSIP_PORT}", api=f"{ip}:{API_PORT}",
+        desired=folder / "desired.toml", seeds=seeds, labels={"zone": f"z{index % 3 + 1}"},
+    )
 
 
 class DevCluster:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nodeorch.config import render_node_config
 from nodeorch.keyring import write_keyring
 
 from .conftest import free_port
@@ -44,24 +45,11 @@ class AgentProcess:
         desired = desired or folder / "desired.toml"
         if not desired.exists():
             desired.write_text("revision = 1\n")
-        self.config.write_text(f"""
-[node]
-name = "{name}"
-data_dir = "{self.dir / 'data'}"
-labels = {{ zone = "z-{name}" }}
-[cluster]
-name = "{cluster}"
-keyring = "{keyring}"
-[gossip]
-bind = "{self.gossip}"
-seeds = {json.dumps(seeds)}
-discovery = "none"
-[api]
-listen = "{self.api}"
-[desired]
-path = "{desired}"
-{extra}
-""")
+        self.config.write_text(render_node_config(
+            name=name, data_dir=self.dir / "data", cluster=cluster, keyring=keyring, bind=self.gossip,
+            api=self.api, desired=desired, seeds=seeds, labels={"zone": f"z-{name}"},
+        ) + extra)
+
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gossip._process import wait_until
+from nodeorch.config import render_node_config
 from nodeorch.keyring import write_keyring
 
 from .netns import Bridge, in_netns
@@ -16,21 +17,11 @@ from .netns import Bridge, in_netns
 
 def agent_config(folder: Path, name: str, ip: str, cluster: str) -> Path:
     config = folder / f"{name}.toml"
-    config.write_text(f"""
-[node]
-name = "{name}"
-data_dir = "{folder / name}"
-[cluster]
-name = "{cluster}"
-keyring = "{folder / 'keyring'}"
-[gossip]
-bind = "{ip}:7946"
-discovery = "mdns"
-[api]
-listen = "127.0.0.1:7947"
-[desired]
-path = "{folder / 'desired.toml'}"
-""")
+    config.write_text(render_node_config(
+        name=name, data_dir=folder / name, cluster=cluster, keyring=folder / "keyring", bind=f"{ip}:7946",
+        api="127.0.0.1:7947", desired=folder / "desired.toml", discovery="mdns",
+    ))
+
     return config
 
 

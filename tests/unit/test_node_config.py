@@ -84,3 +84,17 @@ def test_a_remote_api_address_needs_explicit_permission() -> None:
 def test_a_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="no such file"):
         load_node_config(tmp_path / "nodeorch.toml")
+
+
+def test_a_rendered_config_reads_back_as_given() -> None:
+    from nodeorch.config import render_node_config
+
+    text = render_node_config(
+        name="node-a", data_dir=Path("/srv/a"), cluster="dev", keyring=Path("/etc/k"), bind="127.0.0.2:7946",
+        api="127.0.0.2:7947", desired=Path("/etc/d.toml"), seeds=["127.0.0.3:7946"], labels={"zone": "z1"},
+    )
+    config = parse(text)
+    assert (config.node.name, config.node.data_dir, config.node.labels) == ("node-a", Path("/srv/a"), {"zone": "z1"})
+    assert config.gossip.bind == ("127.0.0.2", 7946) and config.gossip.seeds == ("127.0.0.3:7946",)
+    assert (config.api.listen, config.desired_path, config.cluster.keyring) == (
+        "127.0.0.2:7947", Path("/etc/d.toml"), Path("/etc/k"))
