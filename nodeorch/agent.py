@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import signal
@@ -37,7 +36,7 @@ from nodeorch.api import ApiServer
 from nodeorch.config import ConfigFileError, NodeConfig, is_loopback
 from nodeorch.desired import DesiredState, load_desired
 from nodeorch.discovery import Discovery
-from nodeorch.document import DocumentError, NodeDocument, decode_document, encode_document
+from nodeorch.document import DocumentError, NodeDocument, decode_document, encode_document, encode_labels
 from nodeorch.eventlog import EventLog
 from nodeorch.jobs import JobTable
 from nodeorch.keyring import load_keyring
@@ -125,7 +124,7 @@ class Agent:
 
     def _meta(self) -> bytes:
         """Labels ride in the gossip metadata, so every member table shows them."""
-        meta = json.dumps(dict(self.config.node.labels), separators=(",", ":"), sort_keys=True).encode()
+        meta = encode_labels(self.config.node.labels)
         if len(meta) > MAX_META:
             raise AgentError(f"{self.config.path}: node.labels take {len(meta)} bytes encoded; the limit is {MAX_META}")
         return meta

@@ -20,6 +20,7 @@ from aiohttp import web
 from gossip import parse_address
 from nodeorch import __version__
 from nodeorch.config import DEFAULT_API
+from nodeorch.document import decode_labels
 from nodeorch.metrics import render_metrics
 
 if TYPE_CHECKING:
@@ -54,17 +55,9 @@ def member_json(member: Any) -> dict[str, Any]:
         "port": member.addr[1],
         "state": member.state.label,
         "incarnation": member.incarnation,
-        "labels": _labels(member.meta),
+        "labels": decode_labels(member.meta),
         "state_since": round(member.state_since, 3),
     }
-
-
-def _labels(meta: bytes) -> dict[str, str]:
-    try:
-        labels = json.loads(meta) if meta else {}
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 def status_json(agent: Agent) -> dict[str, Any]:

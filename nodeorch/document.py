@@ -8,6 +8,7 @@ checked on both ends: the owner refuses to publish an oversized one, and receive
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,3 +141,18 @@ def decode_document(data: bytes) -> NodeDocument:
     for key in ("instances", "replicas", "health"):
         values[key] = _records(values.get(key, []), key)
     return NodeDocument(**values)
+
+
+def encode_labels(labels: Mapping[str, str]) -> bytes:
+    """Node labels as gossip metadata, so every member table carries them."""
+    return json.dumps(dict(labels), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_labels(meta: bytes) -> dict[str, str]:
+    """Labels from a member's gossip metadata; anything else (another agent's format) is no labels."""
+    try:
+        labels = json.loads(meta) if meta else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -15,7 +14,7 @@ from typing import Any, Protocol
 
 from drivers.containers import ContainerDriver, DriverError, InstanceState, InstanceStatus
 from gossip import Member, MemberState
-from nodeorch.document import NodeDocument
+from nodeorch.document import NodeDocument, decode_labels
 from nodeorch.eventlog import EventLog
 from nodeorch.jobs import JobTable
 from nodeorch.placement import Assignment, NodeView, place_services
@@ -65,14 +64,6 @@ class ServiceHost(Protocol):
     async def publish_instances(
         self, records: tuple[dict[str, object], ...], health: tuple[dict[str, object], ...]
     ) -> None: ...
-
-
-def labels_of(member: Member) -> dict[str, str]:
-    try:
-        labels = json.loads(member.meta) if member.meta else {}
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 class ServiceRunner:
@@ -129,7 +120,7 @@ class ServiceRunner:
                 alive=member.state in (MemberState.ALIVE, MemberState.SUSPECT),
                 suspect=member.state is MemberState.SUSPECT,
                 draining=bool(document and document.draining),
-                labels=labels_of(member),
+                labels=decode_labels(member.meta),
             ))
         return views
 
