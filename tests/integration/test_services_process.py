@@ -118,8 +118,14 @@ async def test_a_killed_instance_restarts_in_place_with_backoff(trio: list[Agent
         killed = time.monotonic()
         pid = await wait_until(restarted, 30, interval=0.05)
         restarts_seen.append(time.monotonic() - killed)
-    document = await get(agent, f"/v1/nodes/{host}")
-    (record,) = [i for i in document["instances"] if i["service"] == "web"]
+    async def published() -> dict[str, Any] | None:
+        # The pid file changes when the driver starts the process; the document follows at the
+        # end of that reconcile pass.
+        document = await get(agent, f"/v1/nodes/{host}")
+        (record,) = [i for i in document["instances"] if i["service"] == "web"]
+        return record if record["ref"] == str(pid) else None
+
+    record = await wait_until(published, 10)
     assert record["restarts"] >= 3 and record["state"] in ("running", "starting")
     assert restarts_seen[-1] > restarts_seen[0], f"the delay grows: {restarts_seen}"
     nodes = running_nodes(await web_instances(a))
