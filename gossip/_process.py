@@ -65,9 +65,11 @@ class NodeProcess:
             *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
         )
         self._reader = asyncio.create_task(self._read())
-        self.ready = await asyncio.wait_for(self._replies.get(), timeout)
+        async with asyncio.timeout(timeout):
+            self.ready = await self._replies.get()
         if self.ready.get("type") == "join_failed":
-            self.ready = await asyncio.wait_for(self._replies.get(), timeout)
+            async with asyncio.timeout(timeout):
+                self.ready = await self._replies.get()
         if self.ready.get("type") != "ready":
             raise GossipError(f"{self.name} did not start: {self.ready}")
         return self.ready
@@ -95,7 +97,8 @@ class NodeProcess:
             assert self._proc is not None and self._proc.stdin is not None
             self._proc.stdin.write(line.encode() + b"\n")
             await self._proc.stdin.drain()
-            return await asyncio.wait_for(self._replies.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._replies.get()
 
     async def members(self) -> dict[str, dict[str, Any]]:
         reply = await self.command("members")
@@ -131,10 +134,12 @@ class NodeProcess:
         if self._proc is None:
             return None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._proc.wait()
         if self._reader is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._reader, 1.0)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._reader
         return self._proc.returncode
 
     async def stop(self, timeout: float = 10.0) -> int | None:

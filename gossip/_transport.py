@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -28,6 +29,15 @@ UnreachableHandler = Callable[[Address], None]
 
 _LENGTH = struct.Struct(">I")
 _SOCKET_BUFFER = 4 * 1024 * 1024
+_EPHEMERAL_BIND_ATTEMPTS = 20
+
+
+class _TcpPortTaken(Exception):
+    """The UDP port picked for an ephemeral bind is taken for TCP."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.port = port
 """Ask the kernel for roomy UDP buffers, so a burst or a short stall of the loop loses nothing."""
 _IP_RECVERR = 11
 _IPV6_RECVERR = 25
@@ -114,8 +124,21 @@ class UdpTcpTransport:
         self._on_unreachable = on_unreachable
 
     async def __aenter__(self) -> Self:
-        loop = asyncio.get_running_loop()
         host, port = self._bind
+        # Port 0 picks a free UDP port; the same number may be taken for TCP by someone else, so
+        # an ephemeral bind tries again with another number.
+        attempts = _EPHEMERAL_BIND_ATTEMPTS if port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._bind_both(host, port)
+                return self
+            except _TcpPortTaken as taken:
+                if attempt == attempts:
+                    raise TransportError(f"cannot bind TCP {host}:{taken.port}: address already in use") from None
+        raise AssertionError("unreachable")
+
+    async def _bind_both(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -134,16 +157,18 @@ class UdpTcpTransport:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
         self._sock = sock
         udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
-        self._udp = udp
-        self._local = (host, _addr(sock.getsockname())[1])
+        local = (host, _addr(sock.getsockname())[1])
         try:
             self._tcp = await asyncio.start_server(
-                self._serve_stream, host, self._local[1], family=family, reuse_address=True, backlog=256
+                self._serve_stream, host, local[1], family=family, reuse_address=True, backlog=256
             )
         except OSError as error:
             udp.close()
-            raise TransportError(f"cannot bind TCP {host}:{self._local[1]}: {error.strerror or error}") from error
-        return self
+            await asyncio.sleep(0)  # the socket closes on the next loop iteration
+            if port == 0 and error.errno == errno.EADDRINUSE:
+                raise _TcpPortTaken(local[1]) from None
+            raise TransportError(f"cannot bind TCP {host}:{local[1]}: {error.strerror or error}") from error
+        self._udp, self._local = udp, local
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -151,7 +176,8 @@ class UdpTcpTransport:
         if self._tcp is not None:
             self._tcp.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._tcp.wait_closed()
         if self._udp is not None:
             self._udp.close()
             await asyncio.sleep(0)  # the socket closes on the next loop iteration: let it, so the port is free
@@ -234,7 +260,8 @@ class UdpTcpTransport:
         finally:
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def request(self, to: Address, data: bytes, timeout: float) -> bytes:
         writer: asyncio.StreamWriter | None = None
@@ -259,4 +286,5 @@ class UdpTcpTransport:
             if writer is not None:
                 writer.close()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()

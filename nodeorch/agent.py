@@ -358,7 +358,8 @@ class Agent:
             loop.add_signal_handler(signal.SIGHUP, reload.set)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reload.wait(), DESIRED_POLL)
+                async with asyncio.timeout(DESIRED_POLL):
+                    await reload.wait()
             forced = reload.is_set()
             reload.clear()
             if forced:

@@ -49,7 +49,8 @@ class EventLog:
             return events
         changed = self._changed
         try:
-            await asyncio.wait_for(changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await changed.wait()
         except TimeoutError:
             return []
         return self.since(seq)

@@ -80,7 +80,8 @@ class ExecProbe:
         except OSError as error:
             return ProbeResult(False, f"cannot run {self.command[0]!r}: {error.strerror}")
         try:
-            code = await asyncio.wait_for(proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                code = await proc.wait()
         except TimeoutError:
             proc.kill()
             await proc.wait()

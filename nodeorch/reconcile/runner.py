@@ -108,7 +108,8 @@ class ServiceRunner:
             except Exception:
                 log.exception("%s: services pass failed; retrying", self._host.name)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC)
+                async with asyncio.timeout(RESYNC):
+                    await self._wake.wait()
             self._wake.clear()
 
     def _nodes(self) -> list[NodeView]:
