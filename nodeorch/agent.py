@@ -13,7 +13,6 @@ import logging
 import secrets
 import signal
 import time
-from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -36,7 +35,8 @@ from nodeorch.api import ApiServer
 from nodeorch.config import ConfigFileError, NodeConfig, is_loopback
 from nodeorch.desired import DesiredState, load_desired
 from nodeorch.discovery import Discovery
-from nodeorch.document import DocumentError, NodeDocument, decode_document, encode_document, encode_labels
+from nodeorch.document import DocumentError, NodeDocument, encode_document, encode_labels
+from nodeorch.documents import DocumentStore
 from nodeorch.eventlog import EventLog
 from nodeorch.jobs import JobTable
 from nodeorch.keyring import load_keyring
@@ -68,8 +68,7 @@ class Agent:
         self.config = config
         self.name = config.node.name
         self.events = EventLog()
-        self.documents: dict[str, NodeDocument] = {}
-        self.document_drops: Counter[str] = Counter()
+        self.documents = DocumentStore(self.name)
         self.draining = False
         self.started_at = time.time()
         self.boot_id = secrets.token_hex(8)
@@ -251,11 +250,11 @@ class Agent:
             try:
                 data = encode_document(document)
             except DocumentError as error:
-                self.document_drops["oversized_own"] += 1
+                self.documents.drops["oversized_own"] += 1
                 log.error("%s: not publishing: %s", self.name, error)
                 self.events.append("document.refused", node=self.name, error=str(error))
                 return
-            self.documents[self.name] = document
+            self.documents.store_own(document)
             await self.node.set_app_state(data)
 
     def placement(self) -> list[Assignment]:
@@ -301,27 +300,14 @@ class Agent:
                 self.events.append(f"member.{event.kind.value}", node=m.name, addr=f"{m.addr[0]}:{m.addr[1]}",
                                    state=m.state.label, incarnation=m.incarnation)
                 self._trigger()
-            elif isinstance(event, AppStateEvent) and event.node != self.name:
+            elif isinstance(event, AppStateEvent):
                 self._receive_document(event)
 
     def _receive_document(self, event: AppStateEvent) -> None:
-        try:
-            document = decode_document(event.data)
-        except DocumentError as error:
-            self.document_drops["invalid"] += 1
-            log.warning("%s: refused the document of %s: %s", self.name, event.node, error)
-            return
-        if document.name != event.node:
-            self.document_drops["wrong_owner"] += 1
-            log.warning("%s: %s published a document claiming to be %s; refused",
-                        self.name, event.node, document.name)
-            return
-        previous = self.documents.get(document.name)
-        if previous is not None and previous.version >= document.version:
-            return
-        self.documents[document.name] = document
-        self.events.append("document.updated", node=document.name, version=document.version)
-        self._trigger()
+        document = self.documents.receive(event.node, event.data)
+        if document is not None:
+            self.events.append("document.updated", node=document.name, version=document.version)
+            self._trigger()
 
     # Desired state ---------------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def render_metrics(agent: Agent) -> str:
         out.sample("nodeorch_document_version", document.version, node=name)
     out.family("nodeorch_documents_refused_total", "counter", "Documents refused, by reason")
     for reason in ("invalid", "wrong_owner", "oversized_own"):
-        out.sample("nodeorch_documents_refused_total", agent.document_drops[reason], reason=reason)
+        out.sample("nodeorch_documents_refused_total", agent.documents.drops[reason], reason=reason)
     desired = agent.desired.state
     out.family("nodeorch_desired_revision", "gauge", "Revision of the desired state in force here (-1: none)")
     out.sample("nodeorch_desired_revision", desired.revision if desired else -1)
