@@ -81,7 +81,7 @@ async def measure_agents(count: int, rounds: int, idle: float) -> dict[str, floa
                     arrival.clear()
                 changed = time.time()
                 path = "/v1/drain" if round_ % 2 == 0 else "/v1/undrain"
-                async with session.post(f"http://{cluster.apis[0]}{path}") as response:
+                async with session.post(f"http://{cluster.apis[0]}{path}", headers={"X-Nodeorch": "bench"}) as response:
                     assert response.status == 200
                 if not await wait_for(lambda: all(arrivals[i] for i in range(1, count)), 30):
                     print(f"  round {round_}: not every node got the change within 30 s")

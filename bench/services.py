@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import cpu_seconds, fmt, rss_mb
 
-from nodeorch.cli import call
+from nodeorch.client import call
 from nodeorch.dev import DevCluster
 
 WEB = f"""

@@ -39,7 +39,7 @@ from nodeorch.document import DocumentError, NodeDocument, encode_document, enco
 from nodeorch.documents import DocumentStore
 from nodeorch.eventlog import EventLog
 from nodeorch.jobs import JobTable
-from nodeorch.keyring import load_keyring
+from nodeorch.keyring import KeyringFileError, load_keyring, load_token
 from nodeorch.placement import Assignment
 from nodeorch.reconcile.runner import ServiceRunner
 from nodeorch.services import ServiceSpec
@@ -121,6 +121,15 @@ class Agent:
         except ValueError as error:
             raise AgentError(str(error)) from None
 
+    def _api_token(self) -> str:
+        path = self.config.api.token_file
+        if path is None:
+            return ""
+        try:
+            return load_token(path)
+        except KeyringFileError as error:
+            raise AgentError(f"[api] token_file: {error}") from None
+
     def _meta(self) -> bytes:
         """Labels ride in the gossip metadata, so every member table shows them."""
         meta = encode_labels(self.config.node.labels)
@@ -131,6 +140,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
         keyring = self._keyring()
+        token = self._api_token()
         self._load_desired(initial=True)
         async with AsyncExitStack() as stack:
             try:
@@ -149,7 +159,8 @@ class Agent:
             except GossipError as error:
                 raise AgentError(f"gossip: {error}") from None
             stream = self.node.events()
-            api = await stack.enter_async_context(ApiServer(self, config.api.listen))
+            api = await stack.enter_async_context(
+                ApiServer(self, config.api.listen, allowed_hosts=config.api.allowed_hosts, token=token))
             discovery = None
             if config.gossip.discovery == "mdns":
                 discovery = await stack.enter_async_context(
@@ -160,7 +171,7 @@ class Agent:
             self._runner = ServiceRunner(self, {
                 "process": ProcessDriver(config.node.data_dir, self.name, host),
                 "docker": DockerDriver(self.name, host),
-            })
+            }, expect=config.cluster.expect, expect_timeout=config.cluster.expect_timeout)
             self._instances = await self._runner.adopt()
             await self.publish()
             joined = await self._join_seeds()
@@ -181,7 +192,9 @@ class Agent:
                     workers.append(tasks.create_task(keep_alive(interval)))
                 await stop.wait()
                 notify("STOPPING=1")
+                log.info("%s: stopping: no new jobs; leaving the cluster", self.name)
                 self.events.append("agent.stopping", node=self.name)
+                self._runner.begin_shutdown()
                 for worker in workers:
                     worker.cancel()
             with contextlib.suppress(GossipError):
@@ -265,11 +278,6 @@ class Agent:
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
         return self.desired.state.services if self.desired.state else ()
-
-    @property
-    def expects_peers(self) -> bool:
-        """Whether this node has seeds to join: until one answers, its view is only itself."""
-        return bool(self.config.gossip.seeds)
 
     def address_of(self, name: str) -> str | None:
         member = self.node.member(name)

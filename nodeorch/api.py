@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from nodeorch import __version__
 from nodeorch.config import DEFAULT_API
 from nodeorch.document import decode_labels
 from nodeorch.metrics import render_metrics
+from nodeorch.request_policy import CUSTOM_HEADER, RequestPolicy
 
 if TYPE_CHECKING:
     from nodeorch.agent import Agent
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BODY = 16 * 1024
 EVENTS_KEEPALIVE = 15.0
 AGENT: web.AppKey[Agent] = web.AppKey("agent")
+POLICY: web.AppKey[RequestPolicy] = web.AppKey("policy")
+UNIX_SOCKET_MODE = 0o660
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -46,6 +50,23 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         if error.status < 400:
             raise
         return _json({"error": error.reason, "path": request.path}, status=error.status)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.StreamResponse:
+    """Refuse what a web page could make a browser send (see request_policy), before any handler."""
+    refusal = request.app[POLICY].refusal(
+        request.method, request.headers.get("Host"), request.headers.get("Content-Type", ""),
+        CUSTOM_HEADER in request.headers, request.headers.get("Authorization"),
+    )
+    if refusal is not None:
+        log.warning("%s: refused %s %s from %s: %s", request.app[AGENT].name, request.method, request.path,
+                    request.remote or "unix socket", refusal.reason)
+        headers = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
+        return web.json_response({"error": refusal.reason, "path": request.path}, status=refusal.status,
+                                 headers=headers)
+    return await handler(request)
 
 
 def member_json(member: Any) -> dict[str, Any]:
@@ -185,9 +206,10 @@ async def undrain(request: web.Request) -> web.Response:
     return _json({"node": agent.name, "draining": False})
 
 
-def build_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_REQUEST_BODY)
+def build_app(agent: Agent, policy: RequestPolicy) -> web.Application:
+    app = web.Application(middlewares=[_json_errors, _guard], client_max_size=MAX_REQUEST_BODY)
     app[AGENT] = agent
+    app[POLICY] = policy
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/members", members)
@@ -211,26 +233,31 @@ def _prepare_unix_socket(path: Path) -> str:
 
 
 class ApiServer:
-    """`async with ApiServer(agent, "127.0.0.1:7947")` serves until exit; also "unix:/path"."""
+    """`async with ApiServer(agent, "127.0.0.1:7947")` serves until exit; also "unix:/path"
+    (mode 0660: root and the socket's group)."""
 
-    def __init__(self, agent: Agent, listen: str) -> None:
+    def __init__(self, agent: Agent, listen: str, *, allowed_hosts: tuple[str, ...] = (), token: str = "") -> None:
         self._agent = agent
         self._listen = listen
+        self._policy = RequestPolicy.for_listen(listen, allowed_hosts, token)
         self._runner: web.AppRunner | None = None
         self.where = listen
 
     async def __aenter__(self) -> Self:
-        self._runner = web.AppRunner(build_app(self._agent), access_log=None, handle_signals=False,
+        self._runner = web.AppRunner(build_app(self._agent, self._policy), access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
         await self._runner.setup()
         try:
             site: web.BaseSite
             if self._listen.startswith("unix:"):
-                site = web.UnixSite(self._runner, _prepare_unix_socket(Path(self._listen[5:])))
+                path = _prepare_unix_socket(Path(self._listen[5:]))
+                site = web.UnixSite(self._runner, path)
+                await site.start()
+                os.chmod(path, UNIX_SOCKET_MODE)
             else:
                 host, port = parse_address(self._listen, int(DEFAULT_API.rsplit(":", 1)[1]))
                 site = web.TCPSite(self._runner, host, port, reuse_address=True)
-            await site.start()
+                await site.start()
         except OSError as error:
             await self._runner.cleanup()
             raise OSError(f"status endpoint cannot listen on {self._listen}: {error.strerror or error}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,23 +16,18 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from nodeorch import __version__
-from nodeorch.config import DEFAULT_API, DEFAULT_CONFIG_PATH, ConfigFileError, load_node_config
+from nodeorch.client import AgentProblem, Unreachable, agent_session, call
+from nodeorch.config import DEFAULT_API, DEFAULT_CONFIG_PATH, ConfigFileError, NodeConfig, load_node_config
+from nodeorch.keyring import KeyringFileError, load_token
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class Unreachable(Exception):
-    pass
-
-
-class AgentProblem(Exception):
-    pass
 
 
 # Talking to an agent ------------------------------------------------------------------------------
@@ -41,43 +37,33 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("NODEORCH_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-def api_address(args: argparse.Namespace) -> tuple[str, str]:
-    """(address, where it came from), for the error message when nobody answers there."""
-    if args.api:
-        return args.api, "--api"
-    if os.environ.get("NODEORCH_API"):
-        return os.environ["NODEORCH_API"], "NODEORCH_API"
+@dataclass(frozen=True, slots=True)
+class AgentAddress:
+    api: str
+    source: str
+    """Where the address came from, for the message when nobody answers there."""
+    token: str = ""
+
+
+def agent_address(args: argparse.Namespace) -> AgentAddress:
+    """--api, then $NODEORCH_API, then [api] listen of the config, then the default; the token
+    from $NODEORCH_TOKEN, else the config's [api] token_file when this user can read it."""
     path = config_path(getattr(args, "config", None))
     try:
-        return load_node_config(path).api.listen, f"[api] listen in {path}"
+        config: NodeConfig | None = load_node_config(path)
     except (ConfigFileError, OSError):
-        return DEFAULT_API, "the default"
-
-
-def _session_and_base(api: str) -> tuple[aiohttp.ClientSession, str]:
-    timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
-    if api.startswith("unix:"):
-        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=api[5:]), timeout=timeout), "http://agent"
-    base = api if api.startswith("http") else f"http://{api}"
-    return aiohttp.ClientSession(timeout=timeout), base
-
-
-async def call(api: str, method: str, path: str) -> Any:
-    session, base = _session_and_base(api)
-    async with session:
-        try:
-            async with session.request(method, base + path) as response:
-                body = await response.read()
-        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as error:
-            raise Unreachable(str(error) or type(error).__name__) from None
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = body.decode(errors="replace")
-    if response.status >= 400:
-        message = data.get("error") if isinstance(data, dict) else data
-        raise AgentProblem(f"HTTP {response.status}: {message}")
-    return data
+        config = None
+    token = os.environ.get("NODEORCH_TOKEN", "")
+    if not token and config is not None and config.api.token_file is not None:
+        with contextlib.suppress(KeyringFileError):
+            token = load_token(config.api.token_file)
+    if args.api:
+        return AgentAddress(args.api, "--api", token)
+    if os.environ.get("NODEORCH_API"):
+        return AgentAddress(os.environ["NODEORCH_API"], "NODEORCH_API", token)
+    if config is not None:
+        return AgentAddress(config.api.listen, f"[api] listen in {path}", token)
+    return AgentAddress(DEFAULT_API, "the default", token)
 
 
 # Output --------------------------------------------------------------------------------------------
@@ -148,19 +134,20 @@ def show_jobs(data: list[dict[str, Any]]) -> str:
 
 
 async def run_query(args: argparse.Namespace) -> int:
-    api, source = api_address(args)
+    address = agent_address(args)
+    api, source, token = address.api, address.source, address.token
     try:
         if args.command == "events":
-            return await run_events(api, args)
+            return await run_events(address, args)
         if args.command in ("drain", "undrain"):
-            data = await call(api, "POST", f"/v1/{args.command}")
+            data = await call(api, "POST", f"/v1/{args.command}", token)
             print(json.dumps(data) if args.json else f"{data['node']}: draining {'on' if data['draining'] else 'off'}")
             return EXIT_OK
         path = {"status": "/v1/status", "members": "/v1/members", "nodes": "/v1/nodes",
                 "services": "/v1/services", "jobs": "/v1/jobs"}[args.command]
         if args.command == "nodes" and args.name:
             path = f"/v1/nodes/{args.name}"
-        data = await call(api, "GET", path)
+        data = await call(api, "GET", path, token)
     except Unreachable as error:
         print(f"nodeorch: no agent answered at {api} ({source}): {error}\n"
               "  start one with `nodeorch agent`, or point the CLI elsewhere with --api HOST:PORT "
@@ -180,10 +167,9 @@ async def run_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def run_events(api: str, args: argparse.Namespace) -> int:
-    session, base = _session_and_base(api)
+async def run_events(address: AgentAddress, args: argparse.Namespace) -> int:
     follow = "1" if args.follow else "0"
-    async with session:
+    async with agent_session(address.api, address.token) as (session, base):
         try:
             async with session.get(f"{base}/v1/events?since={args.since}&follow={follow}") as response:
                 if response.status >= 400:

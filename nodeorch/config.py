@@ -26,6 +26,9 @@ DEFAULT_API = "127.0.0.1:7947"
 MAX_LABELS = 64
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ConfigFileError(ValueError):
@@ -56,6 +59,9 @@ class ClusterSection:
     name: str = "default"
     keyring: Path = Path("/etc/nodeorch/keyring")
     insecure: bool = False
+    expect: int = 0
+    """Place nothing until this many members (this one included) are seen, or expect_timeout passed."""
+    expect_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,11 @@ class ApiSection:
     listen: str = DEFAULT_API
     """host:port, or unix:/path for a unix socket."""
     allow_remote: bool = False
-    """A non-loopback listen address is refused unless this is set."""
+    """A non-loopback listen address is refused unless this is set (and then needs a token_file)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host header names accepted besides the listen address and localhost (DNS rebinding guard)."""
+    token_file: Path | None = None
+    """A file holding the bearer token every request must carry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,14 @@ class NodeConfig:
     gossip: GossipSection
     api: ApiSection
     desired_path: Path = Path("/etc/nodeorch/desired.toml")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "500ms", "2s", "1m", "1h"; ValueError for anything else."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (like \"500ms\", \"2s\", \"1m\")")
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def find_line(text: str, section: str, key: str) -> int | None:
@@ -139,12 +157,19 @@ def _type_name(kind: type) -> str:
 
 _KNOWN = {
     "node": ["name", "data_dir", "labels"],
-    "cluster": ["name", "keyring", "insecure"],
+    "cluster": ["name", "keyring", "insecure", "expect", "expect_timeout"],
     "gossip": ["bind", "advertise", "profile", "seeds", "discovery"],
-    "api": ["listen", "allow_remote"],
+    "api": ["listen", "allow_remote", "allowed_hosts", "token_file"],
     "desired": ["path"],
     "": ["node", "cluster", "gossip", "api", "desired"],
 }
+
+
+def _duration(reader: _Reader, key: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise reader.fail(key, str(error)) from None
 
 
 def _address(reader: _Reader, key: str, text: str, default_port: int) -> tuple[str, int]:
@@ -214,6 +239,9 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
     cluster.check("name", cluster_name, bool(_NAME.match(cluster_name)), f"{cluster_name!r} is not a valid name")
     keyring = Path(cluster.take("keyring", str, "/etc/nodeorch/keyring"))
     insecure = cluster.take("insecure", bool, False)
+    expect = cluster.take("expect", int, 0)
+    cluster.check("expect", expect, 0 <= expect <= 10_000, f"{expect}: expected 0 (off) to 10000 members")
+    expect_timeout = _duration(cluster, "expect_timeout", cluster.take("expect_timeout", str, "60s"))
     cluster.finish()
 
     gossip = _Reader(path, text, "gossip", top.take("gossip", dict, {}))
@@ -239,6 +267,16 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
     api = _Reader(path, text, "api", top.take("api", dict, {}))
     listen = api.take("listen", str, DEFAULT_API)
     allow_remote = api.take("allow_remote", bool, False)
+    allowed_hosts = api.take("allowed_hosts", list, [])
+    for allowed in allowed_hosts:
+        api.check("allowed_hosts", allowed_hosts, isinstance(allowed, str) and bool(_HOST_NAME.match(allowed)),
+                  f"{allowed!r} is not a host name (letters, digits, '.', '-')")
+    token_text = api.take("token_file", str, "")
+    token_file = Path(token_text) if token_text else None
+    if token_file is not None:
+        api.check("token_file", token_text, token_file.is_absolute(), f"{token_text!r} must be an absolute path")
+    api.check("allow_remote", allow_remote, not allow_remote or token_file is not None,
+              "a status endpoint reachable from other hosts needs [api] token_file (a bearer token)")
     if listen.startswith("unix:"):
         api.check("listen", listen, Path(listen[5:]).is_absolute(), "a unix socket path must be absolute")
     else:
@@ -256,9 +294,9 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
     return NodeConfig(
         path=path,
         node=NodeSection(name, data_dir, dict(labels)),
-        cluster=ClusterSection(cluster_name, keyring, insecure),
+        cluster=ClusterSection(cluster_name, keyring, insecure, expect, expect_timeout),
         gossip=GossipSection(bind, advertise, profile, tuple(seeds), discovery),
-        api=ApiSection(listen, allow_remote),
+        api=ApiSection(listen, allow_remote, tuple(h.lower() for h in allowed_hosts), token_file),
         desired_path=desired_path,
     )
 
@@ -276,6 +314,9 @@ def render_node_config(
     labels: Mapping[str, str] | None = None,
     discovery: str = "none",
     profile: str = "lan",
+    expect: int = 0,
+    allowed_hosts: tuple[str, ...] = (),
+    token_file: Path | None = None,
 ) -> str:
     """A nodeorch.toml that load_node_config reads back as given (for `nodeorch dev` and tests)."""
 
@@ -292,6 +333,7 @@ labels = {{ {table} }}
 [cluster]
 name = {q(cluster)}
 keyring = {q(keyring)}
+expect = {int(expect)}
 
 [gossip]
 bind = {q(bind)}
@@ -301,6 +343,8 @@ discovery = {q(discovery)}
 
 [api]
 listen = {q(api)}
+allowed_hosts = [{", ".join(q(h) for h in allowed_hosts)}]
+{f"token_file = {q(token_file)}" if token_file else ""}
 
 [desired]
 path = {q(desired)}

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from drivers.containers.process import ProcessDriver
-from nodeorch.cli import call, table
+from nodeorch.cli import table
+from nodeorch.client import call
 from nodeorch.config import render_node_config
 from nodeorch.keyring import write_keyring
 

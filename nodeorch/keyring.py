@@ -1,4 +1,5 @@
-"""The cluster keyring file: one base64 key per line, the first encrypts. Kept private (0600)."""
+"""Secret files: the cluster keyring (one base64 key per line, the first encrypts) and the status
+endpoint's bearer token. Both are kept private (0600)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,34 @@ class KeyringFileError(ValueError):
     """The keyring file is missing, unsafe or malformed."""
 
 
-def load_keyring(path: Path) -> Keyring:
+def _read_private(path: Path, missing: str) -> str:
     try:
         info = path.stat()
         text = path.read_text()
     except FileNotFoundError:
-        raise KeyringFileError(
-            f"{path}: no such keyring file; create one with `nodeorch keygen --keyring {path}` "
-            "and copy it to every host, or set [cluster] insecure = true"
-        ) from None
-    except OSError as error:
-        raise KeyringFileError(f"{path}: cannot read: {error.strerror}") from None
+        raise KeyringFileError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise KeyringFileError(f"{path}: cannot read: {getattr(error, 'strerror', None) or error}") from None
     if info.st_mode & 0o077:
         raise KeyringFileError(
             f"{path}: readable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"the cluster key must stay private: chmod 600 {path}"
+            f"a secret must stay private: chmod 600 {path}"
         )
+    return text
+
+
+def load_token(path: Path) -> str:
+    """The status endpoint's bearer token: the file's first non-empty line."""
+    text = _read_private(path, "no such token file; write a long random line to it (e.g. `nodeorch keygen`)")
+    token = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if len(token) < 16:
+        raise KeyringFileError(f"{path}: the token must be at least 16 characters")
+    return token
+
+
+def load_keyring(path: Path) -> Keyring:
+    text = _read_private(path, f"no such keyring file; create one with `nodeorch keygen --keyring {path}` "
+                               "and copy it to every host, or set [cluster] insecure = true")
     keys = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

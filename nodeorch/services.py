@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodeorch.config import ConfigFileError
+from nodeorch.config import ConfigFileError, parse_duration
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +56,6 @@ class ServiceSpec:
         """Changes whenever anything that shapes a running instance changes."""
         blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def parse_duration(text: str) -> float:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (like \"500ms\", \"2s\", \"1m\")")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _service_line(text: str, index: int, key: str, section: str = "") -> int | None:

@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Container, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from drivers.containers import ContainerDriver, DriverError, InstanceState, InstanceStatus
@@ -36,8 +37,33 @@ log = logging.getLogger(__name__)
 
 RESYNC = 1.0
 SETTLE_TIMEOUT = 5.0
-"""After a start, how long to wait at most for the other nodes' documents before acting."""
+"""After a start, how long to wait at most for the other nodes' documents before acting, and how
+long a node that sees no peer waits before it decides alone."""
 MAX_CONCURRENT_JOBS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementGate:
+    """When a just-started agent may begin to place (pure). Agents that start together must place
+    once: a node deciding on a partial view would start instances that others start too.
+
+    - with `expect` = N: once N members (this one included) are alive and every live peer's
+      document is here, or after `expect_timeout` (like Consul's and Nomad's bootstrap_expect);
+    - otherwise: once every live peer's document is here; a node that sees no peer at all waits
+      `settle` before deciding alone, so seeds and discovered peers have time to answer.
+    """
+
+    started: float
+    expect: int = 0
+    expect_timeout: float = 60.0
+    settle: float = SETTLE_TIMEOUT
+
+    def is_open(self, now: float, live_peers: Collection[str], documents: Container[str]) -> bool:
+        waited = now - self.started
+        documented = all(peer in documents for peer in live_peers)
+        if self.expect > 0:
+            return waited >= self.expect_timeout or (1 + len(live_peers) >= self.expect and documented)
+        return waited >= self.settle or (bool(live_peers) and documented)
 
 
 class ServiceHost(Protocol):
@@ -56,9 +82,6 @@ class ServiceHost(Protocol):
 
     def desired_services(self) -> tuple[ServiceSpec, ...]: ...
 
-    @property
-    def expects_peers(self) -> bool: ...
-
     def address_of(self, name: str) -> str | None: ...
 
     async def publish_instances(
@@ -68,7 +91,7 @@ class ServiceHost(Protocol):
 
 class ServiceRunner:
     def __init__(self, host: ServiceHost, drivers: Mapping[str, ContainerDriver],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, expect: int = 0, expect_timeout: float = 60.0) -> None:
         self._host = host
         self._drivers = dict(drivers)
         self._holder: dict[str, str] = {}
@@ -79,8 +102,9 @@ class ServiceRunner:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._published: tuple[tuple[dict[str, object], ...], tuple[dict[str, object], ...]] | None = None
         self._unsupported: set[str] = set()
-        self._started = clock()
+        self._gate = PlacementGate(clock(), expect, expect_timeout)
         self._settled = False
+        self._stopping = False
         self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name))
         self._health_map: dict[Watched, str] = {}
 
@@ -90,6 +114,10 @@ class ServiceRunner:
         records = instance_records(await self._instances(), self._memory, self._clock())
         self._published = (records, ())
         return records
+
+    def begin_shutdown(self) -> None:
+        """The agent is stopping: no new job starts from now on (the ones running are cancelled)."""
+        self._stopping = True
 
     def trigger(self) -> None:
         """Something changed: run a pass soon (level-triggered: many triggers, one pass)."""
@@ -171,6 +199,8 @@ class ServiceRunner:
         return found
 
     async def reconcile(self) -> None:
+        if self._stopping:
+            return
         now = self._clock()
         reported = self._reported()
         local = await self._instances()
@@ -189,14 +219,9 @@ class ServiceRunner:
         await self._publish(local)
 
     def _view_complete(self, now: float) -> bool:
-        """Every other live member's document is here, or SETTLE_TIMEOUT has passed."""
-        if now - self._started >= SETTLE_TIMEOUT:
-            return True
         live = [m.name for m in self._host.members()
                 if m.name != self._host.name and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
-        if not live and self._host.expects_peers:
-            return False  # seeds are configured but none answered yet: this view is not the cluster's
-        return all(name in self._host.documents for name in live)
+        return self._gate.is_open(now, live, self._host.documents)
 
     def _watch_health(
         self, reported: Mapping[str, tuple[Mapping[str, object], ...]], local: list[InstanceStatus]
@@ -240,7 +265,10 @@ class ServiceRunner:
         kind, target, action = self._describe(decision)
         limit = self._limits.setdefault(kind, asyncio.Semaphore(MAX_CONCURRENT_JOBS))
         async with limit:
+            if self._stopping:
+                return
             job = self._host.jobs.start(kind, target, self._clock())
+            log.info("%s: job %d started: %s %s", self._host.name, job.id, kind, target)
             self._host.events.append("job.started", job=job.id, action=kind, target=target)
             error = ""
             try:

@@ -20,14 +20,16 @@ from nodeorch.keyring import write_keyring
 from .conftest import free_port
 
 
-def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 20, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nodeorch", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env={**os.environ, **(env or {})})
 
 
 class AgentProcess:
     def __init__(self, folder: Path, name: str, ip: str, seeds: list[str], *, cluster: str = "test",
-                 extra: str = "", env: dict[str, str] | None = None, desired: Path | None = None) -> None:
+                 extra: str = "", env: dict[str, str] | None = None, desired: Path | None = None,
+                 **settings: Any) -> None:
+        """`settings` go to render_node_config (expect, allowed_hosts, token_file...)."""
         self.name = name
         self.ip = ip
         self.gossip_port = free_port()
@@ -47,7 +49,7 @@ class AgentProcess:
             desired.write_text("revision = 1\n")
         self.config.write_text(render_node_config(
             name=name, data_dir=self.dir / "data", cluster=cluster, keyring=keyring, bind=self.gossip,
-            api=self.api, desired=desired, seeds=seeds, labels={"zone": f"z-{name}"},
+            api=self.api, desired=desired, seeds=seeds, labels={"zone": f"z-{name}"}, **settings,
         ) + extra)
 
         self.proc: subprocess.Popen[bytes] | None = None
@@ -70,7 +72,7 @@ class AgentProcess:
         return self.proc.wait(timeout)
 
     def cli_json(self, *args: str) -> Any:
-        result = cli(*args, "--api", self.api, "--json")
+        result = cli(*args, "--api", self.api, "--json", env=self.env)
         assert result.returncode == 0, f"{args}: {result.returncode} {result.stderr}"
         return json.loads(result.stdout)
 
@@ -81,7 +83,7 @@ class AgentProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            if cli("status", "--api", self.api, timeout=5).returncode == 0:
+            if cli("status", "--api", self.api, timeout=5, env=self.env).returncode == 0:
                 return
             await asyncio.sleep(0.2)
         raise AssertionError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")

@@ -190,7 +190,8 @@ async def test_garbage_and_oversized_http_requests_are_refused_and_harmless(trio
         assert reply.startswith(b"HTTP/1.") and b" 4" in reply[:13], reply[:60]
         writer.close()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"http://{a.api}/v1/drain", data=b"x" * (1 << 20)) as response:
+        async with session.post(f"http://{a.api}/v1/drain", data=b"x" * (1 << 20),
+                                headers={"Content-Type": "application/json"}) as response:
             assert response.status == 413
         async with session.delete(f"http://{a.api}/v1/status") as response:
             assert response.status == 405

@@ -76,9 +76,25 @@ def test_each_mistake_names_the_file_line_key_and_problem(text: str, expected: s
     assert str(caught.value).startswith("/etc/nodeorch/nodeorch.toml")
 
 
-def test_a_remote_api_address_needs_explicit_permission() -> None:
-    config = parse("[api]\nlisten = \"10.0.0.5:7947\"\nallow_remote = true\n")
+def test_a_remote_api_address_needs_explicit_permission_and_a_token() -> None:
+    with pytest.raises(ConfigFileError, match=r"api.allow_remote: .*needs \[api\] token_file"):
+        parse("[api]\nlisten = \"10.0.0.5:7947\"\nallow_remote = true\n")
+    config = parse("[api]\nlisten = \"10.0.0.5:7947\"\nallow_remote = true\ntoken_file = \"/etc/nodeorch/token\"\n")
     assert config.api.listen == "10.0.0.5:7947"
+    assert config.api.token_file == Path("/etc/nodeorch/token")
+
+
+def test_allowed_hosts_and_expect_are_checked() -> None:
+    config = parse("[api]\nallowed_hosts = [\"Agent.Example\"]\n[cluster]\nexpect = 3\nexpect_timeout = \"2m\"\n")
+    assert config.api.allowed_hosts == ("agent.example",)
+    assert config.node.name == "host-7"
+    assert (config.cluster.expect, config.cluster.expect_timeout) == (3, 120.0)
+    with pytest.raises(ConfigFileError, match=r":2: api.allowed_hosts: 'evil/x' is not a host name"):
+        parse("[api]\nallowed_hosts = [\"evil/x\"]\n")
+    with pytest.raises(ConfigFileError, match=r"cluster.expect_timeout: 'soon' is not a duration"):
+        parse("[cluster]\nexpect_timeout = \"soon\"\n")
+    with pytest.raises(ConfigFileError, match=r"cluster.expect: -1"):
+        parse("[cluster]\nexpect = -1\n")
 
 
 def test_a_missing_file_says_so(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from gossip import Member, MemberState
 from nodeorch.document import NodeDocument
 from nodeorch.eventlog import EventLog
 from nodeorch.jobs import JobTable
-from nodeorch.reconcile.runner import ServiceRunner
+from nodeorch.reconcile.runner import SETTLE_TIMEOUT, PlacementGate, ServiceRunner
 from nodeorch.services import ServiceSpec
 
 
@@ -34,10 +34,6 @@ class Host:
     def documents(self) -> Mapping[str, NodeDocument]:
         return {}
 
-    @property
-    def expects_peers(self) -> bool:
-        return False
-
     def address_of(self, name: str) -> str | None:
         return "127.0.0.2"
 
@@ -55,6 +51,9 @@ async def test_instances_start_as_jobs_and_a_crash_restarts_in_place_after_the_d
     host, driver = Host((web,)), MemoryDriver()
     now = [100.0]
     runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    await runner.reconcile()
+    assert driver.started == [], "a node that sees no peer waits before deciding alone"
+    now[0] += SETTLE_TIMEOUT
     await runner.reconcile()
     assert sorted(driver.started) == ["web/0", "web/1", "web/2"]
     assert host.jobs.counts()["succeeded"] == 3
@@ -75,7 +74,40 @@ async def test_instances_start_as_jobs_and_a_crash_restarts_in_place_after_the_d
 async def test_a_service_for_a_driver_this_agent_lacks_is_reported_not_run() -> None:
     web = ServiceSpec("web", driver="docker", image="x", scale=1)
     host, driver = Host((web,)), MemoryDriver()
-    runner = ServiceRunner(host, {"memory": driver})
+    now = [100.0]
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    now[0] += SETTLE_TIMEOUT
     await runner.reconcile()
     assert driver.started == []
     assert [e["kind"] for e in host.events.since(0)] == ["service.unsupported"]
+
+
+def test_a_lone_node_waits_the_settle_interval_before_deciding_alone() -> None:
+    gate = PlacementGate(started=100.0)
+    assert not gate.is_open(100.0 + SETTLE_TIMEOUT - 0.1, [], {})
+    assert gate.is_open(100.0 + SETTLE_TIMEOUT, [], {})
+
+
+def test_without_expect_a_node_places_once_every_live_peers_document_is_here() -> None:
+    gate = PlacementGate(started=100.0)
+    assert not gate.is_open(101.0, ["b", "c"], {"b"})
+    assert gate.is_open(101.0, ["b", "c"], {"b", "c"})
+
+
+def test_with_expect_nothing_is_placed_until_that_many_members_are_seen_or_the_timeout() -> None:
+    gate = PlacementGate(started=100.0, expect=3, expect_timeout=30.0)
+    assert not gate.is_open(110.0, ["b"], {"b"}), "two of three members, documents or not"
+    assert not gate.is_open(110.0, ["b", "c"], {"b"}), "three members, one document missing"
+    assert gate.is_open(110.0, ["b", "c"], {"b", "c"})
+    assert gate.is_open(130.0, ["b"], {"b"}), "the timeout lets a short cluster start"
+
+
+async def test_a_stopping_runner_starts_no_job() -> None:
+    web = ServiceSpec("web", driver="memory", command=("web",), scale=2, spread="none")
+    host, driver = Host((web,)), MemoryDriver()
+    now = [100.0]
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    now[0] += SETTLE_TIMEOUT
+    runner.begin_shutdown()
+    await runner.reconcile()
+    assert driver.started == [] and len(host.jobs) == 0
