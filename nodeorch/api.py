@@ -23,7 +23,7 @@ from nodeorch import __version__
 from nodeorch.config import DEFAULT_API
 from nodeorch.document import decode_labels
 from nodeorch.metrics import render_metrics
-from nodeorch.request_policy import CUSTOM_HEADER, RequestPolicy
+from nodeorch.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
 
 if TYPE_CHECKING:
     from nodeorch.agent import Agent
@@ -56,8 +56,9 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
 async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                  ) -> web.StreamResponse:
     """Refuse what a web page could make a browser send (see request_policy), before any handler."""
+    changes_state = request.method not in SAFE_METHODS and request.match_info.http_exception is None
     refusal = request.app[POLICY].refusal(
-        request.method, request.headers.get("Host"), request.headers.get("Content-Type", ""),
+        changes_state, request.headers.get("Host"), request.headers.get("Content-Type", ""),
         CUSTOM_HEADER in request.headers, request.headers.get("Authorization"),
     )
     if refusal is not None:

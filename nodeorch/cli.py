@@ -285,6 +285,8 @@ def parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="a local cluster of agents on loopback, with a live status table")
     dev.add_argument("--nodes", type=int, default=3)
     dev.add_argument("--dir", help="folder for configs, keyring, data and logs (default: a new temp folder)")
+    dev.add_argument("--base-ip", help="address of the first agent (127.x.y.z; the next agents take the "
+                     "following addresses); default: the first free range 127.0.N.2..")
     return p
 
 

@@ -64,8 +64,10 @@ class RequestPolicy:
         wildcard = _is_ip(host) and ipaddress.ip_address(host).is_unspecified
         return cls(frozenset(names), any_address=wildcard, token=token)
 
-    def refusal(self, method: str, host: str | None, content_type: str, custom_header: bool,
+    def refusal(self, changes_state: bool, host: str | None, content_type: str, custom_header: bool,
                 authorization: str | None) -> Refusal | None:
+        """Why this request is refused, or None. `changes_state`: a method other than GET/HEAD/OPTIONS
+        on a route that takes it (a wrong method is left to the router's 405)."""
         if self.check_host:
             name = host_name(host or "")
             if not name:
@@ -77,7 +79,7 @@ class RequestPolicy:
             scheme, _, given = (authorization or "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
                 return Refusal(401, "a bearer token is required ($NODEORCH_TOKEN or [api] token_file)")
-        if method.upper() not in SAFE_METHODS and not custom_header \
+        if changes_state and not custom_header \
                 and content_type.split(";", 1)[0].strip().lower() != "application/json":
             return Refusal(415, f"a request that changes state needs Content-Type: application/json "
                                 f"or the {CUSTOM_HEADER} header")

@@ -78,7 +78,8 @@ def test_the_cli_finds_the_token_in_the_environment_or_the_config(guarded: Agent
 async def test_the_unix_socket_is_mode_0660_and_serves_the_cli(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path, "local", "127.0.0.2", [])
     socket_path = tmp_path / "run" / "api.sock"
-    agent.config.write_text(agent.config.read_text().replace(f'listen = "{agent.api}"', f'listen = "unix:{socket_path}"'))
+    text = agent.config.read_text()
+    agent.config.write_text(text.replace(f'listen = "{agent.api}"', f'listen = "unix:{socket_path}"'))
     agent.api = f"unix:{socket_path}"
     agent.start()
     try:
