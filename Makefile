@@ -44,7 +44,7 @@ integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 
 bench-gossip: $(STAMP)
-	$(PY) bench/gossip.py all
+	$(PY) bench/gossip all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -20,11 +20,12 @@ from gossip._events import AppStateEvent, Event, EventKind, MemberEvent
 from gossip._members import Member
 from gossip._memnet import Link, MemoryNetwork, MemoryTransport
 from gossip._messages import Address, MemberState
-from gossip._node import EventStream, GossipNode, parse_address, resolve
+from gossip._node import DEFAULT_PORT, EventStream, GossipNode, parse_address, resolve
 from gossip._protocol import GossipCore
 from gossip._transport import Transport, UdpTcpTransport
 
 __all__ = [
+    "DEFAULT_PORT",
     "Address",
     "AppStateEvent",
     "ClosedError",

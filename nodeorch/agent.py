@@ -37,10 +37,12 @@ from nodeorch.desired import DesiredState, load_desired
 from nodeorch.discovery import Discovery
 from nodeorch.document import DocumentError, NodeDocument, encode_document, encode_labels
 from nodeorch.documents import DocumentStore
+from nodeorch.errors import NodeorchError
 from nodeorch.eventlog import EventLog
 from nodeorch.jobs import JobTable
 from nodeorch.keyring import KeyringFileError, load_keyring, load_token
 from nodeorch.placement import Assignment
+from nodeorch.reconcile.backoff import BackoffPolicy
 from nodeorch.reconcile.runner import ServiceRunner
 from nodeorch.services import ServiceSpec
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
@@ -50,10 +52,10 @@ log = logging.getLogger(__name__)
 LEAVE_TIMEOUT = 5.0
 DESIRED_POLL = 2.0
 MAX_META = 512
-JOIN_RETRY_MAX = 15.0
+JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
 
 
-class AgentError(Exception):
+class AgentError(NodeorchError):
     """The agent cannot start: a config, keyring or bind problem, with what to do about it."""
 
 
@@ -220,10 +222,10 @@ class Agent:
     async def _keep_joining(self) -> None:
         """Until a first join succeeds, retry soon and then less often (0.5 s doubling to 15 s):
         hosts booting together should not wait a whole rejoin interval for each other."""
-        delay = 0.5
+        failures = 0
         while not self.node.alive_peers() and not await self._join_seeds():
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, JOIN_RETRY_MAX)
+            failures += 1
+            await asyncio.sleep(JOIN_RETRY.delay(failures))
 
     async def _discovered(self, addr: tuple[str, int]) -> None:
         known = {m.addr for m in self.node.members()}

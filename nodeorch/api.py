@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gossip import parse_address
 from nodeorch import __version__
-from nodeorch.config import DEFAULT_API
+from nodeorch.config import DEFAULT_API_PORT
 from nodeorch.document import decode_labels
 from nodeorch.metrics import render_metrics
 from nodeorch.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
@@ -256,7 +256,7 @@ class ApiServer:
                 await site.start()
                 os.chmod(path, UNIX_SOCKET_MODE)
             else:
-                host, port = parse_address(self._listen, int(DEFAULT_API.rsplit(":", 1)[1]))
+                host, port = parse_address(self._listen, DEFAULT_API_PORT)
                 site = web.TCPSite(self._runner, host, port, reuse_address=True)
                 await site.start()
         except OSError as error:

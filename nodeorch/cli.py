@@ -257,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     def query(name: str, help_text: str) -> argparse.ArgumentParser:
         q = commands.add_parser(name, help=help_text)
         q.add_argument("--api", help="agent address HOST:PORT or unix:/path (default: $NODEORCH_API, "
-                       "then [api] listen of the config, then 127.0.0.1:7947)")
+                       f"then [api] listen of the config, then {DEFAULT_API})")
         q.add_argument("--config", help="config file to read the API address from")
         q.add_argument("--json", action="store_true", help="machine-readable output")
         return q

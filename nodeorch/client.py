@@ -13,14 +13,15 @@ from typing import Any
 
 import aiohttp
 
+from nodeorch.errors import NodeorchError
 from nodeorch.request_policy import CUSTOM_HEADER, SAFE_METHODS
 
 
-class Unreachable(Exception):
+class Unreachable(NodeorchError):
     """No agent answered at that address."""
 
 
-class AgentProblem(Exception):
+class AgentProblem(NodeorchError):
     """The agent answered with an error."""
 
 

@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gossip import DEFAULT_PORT as GOSSIP_DEFAULT_PORT
 from gossip import ConfigError as GossipConfigError
 from gossip import parse_address
+from nodeorch.errors import NodeorchError
 
 DEFAULT_CONFIG_PATH = Path("/etc/nodeorch/nodeorch.toml")
-DEFAULT_GOSSIP_PORT = 7946
-DEFAULT_API = "127.0.0.1:7947"
+DEFAULT_GOSSIP_PORT = GOSSIP_DEFAULT_PORT
+DEFAULT_API_PORT = 7947
+DEFAULT_API = f"127.0.0.1:{DEFAULT_API_PORT}"
 MAX_LABELS = 64
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
@@ -31,7 +34,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(NodeorchError, ValueError):
     """A config file is refused; the message names the file, the line or key, and the problem."""
 
     def __init__(self, path: Path | str, problem: str, *, key: str = "", line: int | None = None) -> None:
@@ -280,7 +283,7 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
     if listen.startswith("unix:"):
         api.check("listen", listen, Path(listen[5:]).is_absolute(), "a unix socket path must be absolute")
     else:
-        host, _ = _address(api, "listen", listen, 7947)
+        host, _ = _address(api, "listen", listen, DEFAULT_API_PORT)
         api.check("listen", listen, allow_remote or is_loopback(host),
                   f"{host} is not a loopback address; the status endpoint stays local unless "
                   "[api] allow_remote = true")

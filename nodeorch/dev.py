@@ -32,18 +32,18 @@ from typing import Any
 from drivers.containers.process import ProcessDriver
 from nodeorch.cli import table
 from nodeorch.client import call
-from nodeorch.config import DEFAULT_GOSSIP_PORT, render_node_config
+from nodeorch.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT, render_node_config
+from nodeorch.errors import NodeorchError
 from nodeorch.keyring import write_keyring
 from nodeorch.port_holders import taken_ports
 
-API_PORT = 7947
 MAX_NODES = 200
 AGENT_STOP_TIMEOUT = 15.0
 """How long a stopping agent may take (leave timeout plus grace) before it is killed."""
 NODES_FILE = "nodes.json"
 
 
-class DevError(Exception):
+class DevError(NodeorchError):
     """The dev cluster cannot start; the message says why and what to do."""
 
 
@@ -56,7 +56,7 @@ def loopback_range(base: str, count: int) -> list[str]:
 
 
 def busy_ports(ips: list[str]) -> list[str]:
-    return [problem for ip in ips for problem in taken_ports(ip, (DEFAULT_GOSSIP_PORT, API_PORT))]
+    return [problem for ip in ips for problem in taken_ports(ip, (DEFAULT_GOSSIP_PORT, DEFAULT_API_PORT))]
 
 
 def claim(ip: str) -> int | None:
@@ -123,7 +123,7 @@ def node_config(index: int, folder: Path, ips: list[str]) -> str:
     ip = ips[index]
     return render_node_config(
         name=f"node-{index + 1}", data_dir=folder / f"node-{index + 1}" / "data", cluster="dev",
-        keyring=folder / "keyring", bind=f"{ip}:{DEFAULT_GOSSIP_PORT}", api=f"{ip}:{API_PORT}",
+        keyring=folder / "keyring", bind=f"{ip}:{DEFAULT_GOSSIP_PORT}", api=f"{ip}:{DEFAULT_API_PORT}",
         desired=folder / "desired.toml", seeds=[f"{ips[0]}:{DEFAULT_GOSSIP_PORT}"] if index else [],
         labels={"zone": f"z{index % 3 + 1}"}, expect=len(ips),
     )
@@ -154,7 +154,7 @@ class DevCluster:
         """Choose free addresses and write the configs, keyring and desired state (DevError if the
         addresses asked for are taken)."""
         self.ips, self._range_lock = choose_addresses(self.count, self.base_ip)
-        self.apis = [f"{ip}:{API_PORT}" for ip in self.ips]
+        self.apis = [f"{ip}:{DEFAULT_API_PORT}" for ip in self.ips]
         self.folder.mkdir(parents=True, exist_ok=True)
         keyring = self.folder / "keyring"
         if not keyring.exists():

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgpack
 
+from nodeorch.errors import NodeorchError
+
 MAX_DOCUMENT_SIZE = 32 * 1024
 """Bytes of one encoded document; several kilobytes is the expected size, this is the ceiling."""
 
@@ -22,7 +24,7 @@ Scalar = str | int | float | bool | None
 Record = Mapping[str, Scalar]
 
 
-class DocumentError(ValueError):
+class DocumentError(NodeorchError, ValueError):
     """A document is malformed or too large."""
 
 

@@ -8,9 +8,10 @@ import stat
 from pathlib import Path
 
 from gossip import Keyring, KeyringError, generate_key
+from nodeorch.errors import NodeorchError
 
 
-class KeyringFileError(ValueError):
+class KeyringFileError(NodeorchError, ValueError):
     """The keyring file is missing, unsafe or malformed."""
 
 

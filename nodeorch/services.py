@@ -108,6 +108,12 @@ def _string(value: Any) -> str:
     return value
 
 
+def _boolean(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if _string(value) not in choices:
@@ -172,7 +178,7 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
         raise s.fail("command", "required for driver = \"process\" (the argv to run)")
     if driver == "process" and image:
         raise s.fail("image", "only for driver = \"docker\"")
-    global_ = s.take("global", lambda v: v if type(v) is bool else _string(v), False)
+    global_ = s.take("global", _boolean, False)
     if "scale" in s.raw and global_:
         raise s.fail("scale", "a global service runs one instance per eligible node: remove scale or global")
     scale = s.take("scale", _integer(0, 1000), 1)
@@ -213,7 +219,7 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
         if kind == "exec" and not health.command:
             raise h.fail("command", "required for kind = \"exec\"")
         h.finish(_HEALTH_KEYS)
-    return ServiceSpec(name, driver, image, command, scale, bool(global_), spread, selector, env, ports,
+    return ServiceSpec(name, driver, image, command, scale, global_, spread, selector, env, ports,
                        restart_delay, restart_max_delay, stop_grace, health)
 
 

@@ -58,6 +58,7 @@ def test_a_good_file_is_read_with_defaults() -> None:
         ((b'ports = [8080]', b'ports = [0]'), "service[web].ports: expected a list of ports"),
         ((b'name = "agent-sidecar"', b'name = "web"'), "service[web].name: a service of that name is already declared"),
         ((b'global = true', b'global = true\nscale = 3'), "service[agent-sidecar].scale: a global service runs one"),
+        ((b'global = true', b'global = "false"'), "service[agent-sidecar].global: expected true or false, got 'false'"),
         ((b'spread = "node"', b''), None),
         ((b'env = { MODE = "demo" }', b'env = { MODE = 1 }'), "service[web].env: expected a table of strings"),
         ((b'name = "web"', b'name = "Web_1"'), "service[Web_1].name: 'Web_1': lowercase letters"),
