@@ -34,7 +34,6 @@ from nodeorch import __version__
 from nodeorch.api import ApiServer
 from nodeorch.config import ConfigFileError, NodeConfig, is_loopback
 from nodeorch.desired import DesiredState, load_desired
-from nodeorch.discovery import Discovery
 from nodeorch.document import DocumentError, NodeDocument, encode_document, encode_labels
 from nodeorch.documents import DocumentStore
 from nodeorch.errors import NodeorchError
@@ -165,6 +164,9 @@ class Agent:
                 ApiServer(self, config.api.listen, allowed_hosts=config.api.allowed_hosts, token=token))
             discovery = None
             if config.gossip.discovery == "mdns":
+                # Imported here: zeroconf costs memory that a node without mDNS should not pay.
+                from nodeorch.discovery import Discovery
+
                 discovery = await stack.enter_async_context(
                     Discovery(self.name, config.cluster.name, self.node.local_addr, self._discovered)
                 )

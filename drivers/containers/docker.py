@@ -5,21 +5,31 @@ Containers are named nodeorch-<service>-<slot>-<node> and labelled io.nodeorch.s
 driver, so probes and peers reach them at the node's address. Images are not pulled: an image
 missing on the node is a clear, permanent error for that instance. An unreachable engine is a
 transient error for Docker instances only; everything else the agent runs is unaffected.
+
+The docker SDK costs about 8 MB of memory once imported, so it is imported only when this node has
+Docker work: a Docker instance to start, or containers of this node that the engine already holds
+(asked over the engine's unix socket with aiohttp, at most every ENGINE_RECHECK seconds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import json
+import os
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-import docker
-import docker.errors
+import aiohttp
 
 from drivers.containers._types import DriverError, InstanceSpec, InstanceState, InstanceStatus
 
 LABEL = "io.nodeorch"
+DEFAULT_SOCKET = "/var/run/docker.sock"
+ENGINE_RECHECK = 30.0
+"""While this node has no Docker work, how often to ask the engine whether it holds containers of ours."""
 _STATES = {
     "running": InstanceState.RUNNING,
     "created": InstanceState.STARTING,
@@ -31,6 +41,20 @@ _STATES = {
 }
 
 
+def _sdk() -> ModuleType:
+    """The docker SDK, imported on first use."""
+    importlib.import_module("docker.errors")
+    return importlib.import_module("docker")
+
+
+def _engine_socket() -> str | None:
+    """The engine's unix socket as the SDK would find it, or None when DOCKER_HOST is not a unix socket."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host:
+        return DEFAULT_SOCKET
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
 def container_name(service: str, slot: str, node: str) -> str:
     return f"nodeorch-{service}-{slot}-{node}"
 
@@ -38,19 +62,22 @@ def container_name(service: str, slot: str, node: str) -> str:
 class DockerDriver:
     name = "docker"
 
-    def __init__(self, node: str, node_addr: str,
-                 client_factory: Callable[[], Any] = lambda: docker.from_env(timeout=20)) -> None:
+    def __init__(self, node: str, node_addr: str, client_factory: Callable[[], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._node = node
         self._node_addr = node_addr
-        self._factory = client_factory
+        self._factory = client_factory or (lambda: _sdk().from_env(timeout=20))
         self._client: Any = None
+        self._has_work = client_factory is not None  # a caller's own client: no shortcut
+        self._clock = clock
+        self._next_check = 0.0
 
     def _docker(self) -> Any:
         if self._client is None:
             try:
                 self._client = self._factory()
                 self._client.ping()
-            except docker.errors.DockerException as error:
+            except _sdk().errors.DockerException as error:
                 self._client = None
                 raise DriverError(f"the Docker engine is unreachable: {error}") from None
         return self._client
@@ -58,17 +85,39 @@ class DockerDriver:
     async def _call(self, function: Callable[[], Any]) -> Any:
         try:
             return await asyncio.to_thread(function)
-        except docker.errors.ImageNotFound as error:
-            raise DriverError(f"image not present on this node ({error.explanation}); load or pull it first",
-                              transient=False) from None
-        except docker.errors.APIError as error:
-            raise DriverError(f"Docker refused: {error.explanation or error}") from None
-        except docker.errors.DockerException as error:
+        except DriverError:
+            raise
+        except Exception as error:
+            raise self._driver_error(error) from None
+
+    def _driver_error(self, error: Exception) -> DriverError:
+        errors = _sdk().errors
+        if isinstance(error, errors.ImageNotFound):
+            return DriverError(f"image not present on this node ({error.explanation}); load or pull it first",
+                               transient=False)
+        if isinstance(error, errors.APIError):
+            return DriverError(f"Docker refused: {error.explanation or error}")
+        if isinstance(error, errors.DockerException | OSError):
             self._client = None
-            raise DriverError(f"the Docker engine is unreachable: {error}") from None
-        except OSError as error:
-            self._client = None
-            raise DriverError(f"the Docker engine is unreachable: {error}") from None
+            return DriverError(f"the Docker engine is unreachable: {error}")
+        raise error
+
+    async def _engine_holds_ours(self) -> bool:
+        """Whether the engine holds containers of this node, asked without the SDK. True when it
+        cannot tell (the SDK then reports the problem); False when no engine socket exists."""
+        path = _engine_socket()
+        if path is None:
+            return True
+        if not os.path.exists(path):  # noqa: ASYNC240 (one stat, no engine on this host)
+            return False
+        filters = json.dumps({"label": [f"{LABEL}.node={self._node}"]})
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path),
+                                             timeout=aiohttp.ClientTimeout(total=5)) as session, \
+                    session.get("http://docker/containers/json", params={"all": "1", "filters": filters}) as answer:
+                return answer.status != 200 or bool(await answer.json())
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return True
 
     def _status(self, attrs: dict[str, Any]) -> InstanceStatus | None:
         """An instance from a container's inspect data."""
@@ -84,13 +133,21 @@ class DockerDriver:
                               state.get("Error", "") or "")
 
     async def instances(self) -> list[InstanceStatus]:
+        if not self._has_work:
+            if self._clock() < self._next_check:
+                return []
+            self._next_check = self._clock() + ENGINE_RECHECK
+            if not await self._engine_holds_ours():
+                return []
+            self._has_work = True
+
         def listing() -> list[dict[str, Any]]:
             api = self._docker().api
             details = []
             for summary in api.containers(all=True, filters={"label": f"{LABEL}.node={self._node}"}):
                 try:
                     details.append(api.inspect_container(summary["Id"]))
-                except docker.errors.NotFound:
+                except _sdk().errors.NotFound:
                     continue  # removed between the listing and the inspection
             return details
 
@@ -101,12 +158,13 @@ class DockerDriver:
         if not spec.image:
             raise DriverError(f"{spec.key}: no image to run", transient=False)
         name = container_name(spec.service, spec.slot, self._node)
+        self._has_work = True
 
         def run() -> Any:
             client = self._docker()
             try:
                 old = client.containers.get(name)
-            except docker.errors.NotFound:
+            except _sdk().errors.NotFound:
                 old = None
             if old is not None:
                 if old.status == "running":
@@ -133,7 +191,7 @@ class DockerDriver:
         def stop_and_remove() -> None:
             try:
                 container = self._docker().containers.get(name)
-            except docker.errors.NotFound:
+            except _sdk().errors.NotFound:
                 return
             if container.status == "running":
                 container.stop(timeout=max(1, int(grace)))
