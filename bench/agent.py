@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import MonitoredProcess, cpu_seconds, fmt, free_ports, parse_serf_line, rss_mb, wait_for
 
 from gossip import generate_key
-from nodeorch.dev import DevCluster
+from nodeorch.faces.dev import DevCluster
 
 
 async def follow(session: aiohttp.ClientSession, api: str, node: str, arrivals: dict[int, float],

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import cpu_seconds, fmt, rss_mb
 
-from nodeorch.client import call
-from nodeorch.dev import DevCluster
+from nodeorch.faces.client import call
+from nodeorch.faces.dev import DevCluster
 
 WEB = f"""
 revision = 1

@@ -1,5 +1,5 @@
 """python -m nodeorch: the same as the `nodeorch` command."""
 
-from nodeorch.cli import main
+from nodeorch.faces.cli import main
 
 raise SystemExit(main())

@@ -14,7 +14,6 @@ import secrets
 import signal
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 
 from drivers.containers.docker import DockerDriver
 from drivers.containers.process import ProcessDriver
@@ -31,19 +30,19 @@ from gossip import (
     profile,
 )
 from nodeorch import __version__
-from nodeorch.api import ApiServer
-from nodeorch.config import ConfigFileError, NodeConfig, is_loopback
-from nodeorch.desired import DesiredState, load_desired
-from nodeorch.document import DocumentError, NodeDocument, encode_document, encode_labels
-from nodeorch.documents import DocumentStore
+from nodeorch.core.backoff import BackoffPolicy
+from nodeorch.core.placement import Assignment
 from nodeorch.errors import NodeorchError
-from nodeorch.eventlog import EventLog
-from nodeorch.jobs import JobTable
-from nodeorch.keyring import KeyringFileError, load_keyring, load_token
-from nodeorch.placement import Assignment
-from nodeorch.reconcile.backoff import BackoffPolicy
-from nodeorch.reconcile.runner import ServiceRunner
-from nodeorch.services import ServiceSpec
+from nodeorch.faces.http_api import ApiServer
+from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.service_runner import ServiceRunner
+from nodeorch.spec.desired import DesiredStatus, load_desired
+from nodeorch.spec.node_config import ConfigFileError, NodeConfig, is_loopback
+from nodeorch.spec.secret_files import KeyringFileError, load_keyring, load_token
+from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.document_store import DocumentStore
+from nodeorch.state.event_log import EventLog
+from nodeorch.state.node_document import DocumentError, NodeDocument, encode_document, encode_labels
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -56,12 +55,6 @@ JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
 
 class AgentError(NodeorchError):
     """The agent cannot start: a config, keyring or bind problem, with what to do about it."""
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredStatus:
-    state: DesiredState | None
-    error: str = ""
 
 
 class Agent:

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from nodeorch.config import render_node_config
-from nodeorch.keyring import write_keyring
+from nodeorch.spec.node_config import render_node_config
+from nodeorch.spec.secret_files import write_keyring
 
 from .conftest import free_port
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gossip import GossipNode, Keyring, lan
 from gossip._process import wait_until
-from nodeorch.keyring import load_keyring
+from nodeorch.spec.secret_files import load_keyring
 
 from .agents import AgentProcess, cli, states
 from .conftest import free_port

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from gossip._process import wait_until
-from nodeorch.config import render_node_config
-from nodeorch.keyring import write_keyring
+from nodeorch.spec.node_config import render_node_config
+from nodeorch.spec.secret_files import write_keyring
 
 from .netns import Bridge, in_netns
 

@@ -11,17 +11,17 @@ import msgpack
 import pytest
 
 from gossip import generate_key
-from nodeorch.config import ConfigFileError
-from nodeorch.desired import parse_desired
-from nodeorch.document import (
+from nodeorch.spec.desired import parse_desired
+from nodeorch.spec.node_config import ConfigFileError
+from nodeorch.spec.secret_files import KeyringFileError, load_keyring, write_keyring
+from nodeorch.state.event_log import EventLog
+from nodeorch.state.node_document import (
     MAX_DOCUMENT_SIZE,
     DocumentError,
     NodeDocument,
     decode_document,
     encode_document,
 )
-from nodeorch.eventlog import EventLog
-from nodeorch.keyring import KeyringFileError, load_keyring, write_keyring
 
 
 def document(**changes: object) -> NodeDocument:

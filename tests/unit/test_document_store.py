@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nodeorch.document import NodeDocument, encode_document
-from nodeorch.documents import DocumentStore
+from nodeorch.state.document_store import DocumentStore
+from nodeorch.state.node_document import NodeDocument, encode_document
 
 
 def wire(name: str, version: int, **changes: object) -> bytes:

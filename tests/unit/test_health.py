@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from nodeorch.health import HealthTracker, aggregate, observers
-from nodeorch.reconcile.health import Watched, instance_health, to_recreate
-from nodeorch.services import HealthSpec, ServiceSpec
+from nodeorch.core.health_verdicts import HealthTracker, aggregate, observers
+from nodeorch.reconcile.health_watch import Watched, instance_health, to_recreate
+from nodeorch.spec.service_spec import HealthSpec, ServiceSpec
 
 SPEC = HealthSpec("http", port=80, healthy_threshold=2, unhealthy_threshold=3, initializing_timeout=10)
 

@@ -8,6 +8,6 @@ import sys
 
 
 def test_the_agent_loads_neither_the_docker_sdk_nor_zeroconf_until_needed() -> None:
-    probe = "import sys, nodeorch.cli, nodeorch.agent; print(sorted({'docker', 'zeroconf'} & set(sys.modules)))"
+    probe = "import sys, nodeorch.faces.cli, nodeorch.agent; print(sorted({'docker', 'zeroconf'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nodeorch.jobs import JobState, JobTable
-from nodeorch.reconcile.backoff import Backoff, BackoffPolicy
+from nodeorch.core.backoff import Backoff, BackoffPolicy
+from nodeorch.reconcile.job_table import JobState, JobTable
 
 
 def test_jobs_record_their_outcome_and_old_finished_ones_are_forgotten() -> None:

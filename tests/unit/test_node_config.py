@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeorch.config import ConfigFileError, load_node_config, parse_node_config
+from nodeorch.spec.node_config import ConfigFileError, load_node_config, parse_node_config
 
 
 def parse(text: str):  # type: ignore[no-untyped-def]
@@ -103,7 +103,7 @@ def test_a_missing_file_says_so(tmp_path: Path) -> None:
 
 
 def test_a_rendered_config_reads_back_as_given() -> None:
-    from nodeorch.config import render_node_config
+    from nodeorch.spec.node_config import render_node_config
 
     text = render_node_config(
         name="node-a", data_dir=Path("/srv/a"), cluster="dev", keyring=Path("/etc/k"), bind="127.0.0.2:7946",

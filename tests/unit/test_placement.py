@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeorch.placement import Assignment, NodeView, RunningInstance, ServiceShape, place_service, place_services
+from nodeorch.core.placement import Assignment, NodeView, RunningInstance, ServiceShape, place_service, place_services
 
 ZONES = ["z1", "z2", "z3"]
 

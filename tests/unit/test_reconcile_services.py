@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from drivers.containers import InstanceState, InstanceStatus
-from nodeorch.placement import NodeView
-from nodeorch.reconcile.services import Replace, ServiceMemory, Start, Stop, plan_services
-from nodeorch.services import ServiceSpec
+from nodeorch.core.placement import NodeView
+from nodeorch.reconcile.service_plan import Replace, ServiceMemory, Start, Stop, plan_services
+from nodeorch.spec.service_spec import ServiceSpec
 
 WEB = ServiceSpec("web", command=("web",), scale=1, restart_delay=1.0, restart_max_delay=8.0)
 NODES = [NodeView("a"), NodeView("b")]
@@ -82,7 +82,7 @@ def test_an_instance_of_a_removed_service_is_stopped() -> None:
 
 
 def test_a_health_checked_handover_waits_for_the_new_instance_to_be_healthy() -> None:
-    from nodeorch.services import HealthSpec
+    from nodeorch.spec.service_spec import HealthSpec
 
     checked = ServiceSpec("web", command=("web",), scale=1, health=HealthSpec("http", port=80))
     me = owner(checked)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nodeorch.request_policy import RequestPolicy, host_name
+from nodeorch.faces.request_policy import RequestPolicy, host_name
 
 
 def test_host_names_lose_their_port_and_brackets() -> None:

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 from drivers.containers.memory import MemoryDriver
 from gossip import Member, MemberState
-from nodeorch.document import NodeDocument
-from nodeorch.eventlog import EventLog
-from nodeorch.jobs import JobTable
-from nodeorch.reconcile.runner import SETTLE_TIMEOUT, PlacementGate, ServiceRunner
-from nodeorch.services import ServiceSpec
+from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.service_runner import SETTLE_TIMEOUT, PlacementGate, ServiceRunner
+from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.event_log import EventLog
+from nodeorch.state.node_document import NodeDocument
 
 
 class Host:

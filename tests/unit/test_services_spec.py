@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodeorch.config import ConfigFileError
-from nodeorch.desired import parse_desired
+from nodeorch.spec.desired import parse_desired
+from nodeorch.spec.node_config import ConfigFileError
 
 GOOD = b"""
 revision = 7

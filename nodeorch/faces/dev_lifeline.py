@@ -1,4 +1,4 @@
-"""The lifeline of `nodeorch dev`: `python -m nodeorch.dev_lifeline FOLDER`.
+"""The lifeline of `nodeorch dev`: `python -m nodeorch.faces.dev_lifeline FOLDER`.
 
 It reads lines from the pipe that `nodeorch dev` holds open: `agent PID` for each agent started,
 `done` after a clean stop. When the pipe closes without `done` (the command was killed, even with
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from drivers.containers.process import process_start_ticks
-from nodeorch.dev import AGENT_STOP_TIMEOUT, stop_instances
+from nodeorch.faces.dev import AGENT_STOP_TIMEOUT, stop_instances
 
 
 def read_pipe() -> tuple[dict[int, int | None], bool]:

@@ -15,12 +15,10 @@ from typing import Any, Protocol
 
 from drivers.containers import ContainerDriver, DriverError, InstanceState, InstanceStatus
 from gossip import Member, MemberState
-from nodeorch.document import NodeDocument, decode_labels
-from nodeorch.eventlog import EventLog
-from nodeorch.jobs import JobTable
-from nodeorch.placement import Assignment, NodeView, place_services
-from nodeorch.reconcile.health import HealthWatcher, Watched, instance_health, to_recreate
-from nodeorch.reconcile.services import (
+from nodeorch.core.placement import Assignment, NodeView, place_services
+from nodeorch.reconcile.health_watch import HealthWatcher, Watched, instance_health, to_recreate
+from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.service_plan import (
     Decision,
     Replace,
     ServiceMemory,
@@ -31,7 +29,9 @@ from nodeorch.reconcile.services import (
     plan_services,
     shape,
 )
-from nodeorch.services import ServiceSpec
+from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.event_log import EventLog
+from nodeorch.state.node_document import NodeDocument, decode_labels
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodeorch.config import ConfigFileError, find_line, read_config_file
-from nodeorch.services import ServiceSpec, parse_services
+from nodeorch.spec.node_config import ConfigFileError, find_line, read_config_file
+from nodeorch.spec.service_spec import ServiceSpec, parse_services
 
 _TOP_KEYS = {"revision", "service", "volume"}
 
@@ -25,6 +25,14 @@ class DesiredState:
     digest: str
     services: tuple[ServiceSpec, ...] = ()
     volumes: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredStatus:
+    """The desired state in force on a node, and why the file on disk was refused, if it was."""
+
+    state: DesiredState | None
+    error: str = ""
 
 
 def digest_of(data: bytes) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from nodeorch.placement import rendezvous_score
-from nodeorch.services import HealthSpec
+from nodeorch.core.placement import rendezvous_score
+from nodeorch.spec.service_spec import HealthSpec
 
 OTHER_OBSERVERS = 2
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from drivers.containers import InstanceSpec, InstanceState, InstanceStatus
-from nodeorch.placement import NodeView, RunningInstance, ServiceShape, place_services
-from nodeorch.reconcile.backoff import Backoff, BackoffPolicy
-from nodeorch.services import ServiceSpec
+from nodeorch.core.backoff import Backoff, BackoffPolicy
+from nodeorch.core.placement import NodeView, RunningInstance, ServiceShape, place_services
+from nodeorch.spec.service_spec import ServiceSpec
 
 HANDOVER_TIMEOUT = 30.0
 """Start-first handover: stop an instance that moved away once its new owner reports it running,

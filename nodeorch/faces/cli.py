@@ -23,9 +23,10 @@ from typing import Any
 import aiohttp
 
 from nodeorch import __version__
-from nodeorch.client import AgentProblem, Unreachable, agent_session, call
-from nodeorch.config import DEFAULT_API, DEFAULT_CONFIG_PATH, ConfigFileError, NodeConfig, load_node_config
-from nodeorch.keyring import KeyringFileError, load_token
+from nodeorch.faces.client import AgentProblem, Unreachable, agent_session, call
+from nodeorch.faces.tables import ago, table
+from nodeorch.spec.node_config import DEFAULT_API, DEFAULT_CONFIG_PATH, ConfigFileError, NodeConfig, load_node_config
+from nodeorch.spec.secret_files import KeyringFileError, load_token
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -67,23 +68,6 @@ def agent_address(args: argparse.Namespace) -> AgentAddress:
 
 
 # Output --------------------------------------------------------------------------------------------
-
-
-def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header], *[[("-" if c is None else str(c)) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
-
-
-def ago(unix: float | None) -> str:
-    if not unix:
-        return "-"
-    seconds = max(0.0, time.time() - unix)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
 
 
 def show_status(data: dict[str, Any]) -> str:
@@ -218,7 +202,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 def run_keygen(args: argparse.Namespace) -> int:
     from gossip import generate_key
-    from nodeorch.keyring import KeyringFileError, write_keyring
+    from nodeorch.spec.secret_files import KeyringFileError, write_keyring
 
     if not args.keyring:
         print(generate_key())
@@ -233,7 +217,7 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_spec_check(args: argparse.Namespace) -> int:
-    from nodeorch.desired import load_desired
+    from nodeorch.spec.desired import load_desired
 
     try:
         desired = load_desired(Path(args.file))
@@ -299,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "spec":
         return run_spec_check(args)
     if args.command == "dev":
-        from nodeorch.dev import run_dev
+        from nodeorch.faces.dev import run_dev
 
         return run_dev(args)
     try:

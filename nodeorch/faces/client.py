@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from nodeorch.errors import NodeorchError
-from nodeorch.request_policy import CUSTOM_HEADER, SAFE_METHODS
+from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS
 
 
 class Unreachable(NodeorchError):

@@ -8,7 +8,7 @@ SIGHUP (the terminal closed) stops them all cleanly (each leaves the cluster), t
 they ran.
 
 The agents never outlive the command: they run in sessions of their own (the terminal's signals
-reach only `nodeorch dev`), and a lifeline process (`python -m nodeorch.dev_lifeline`) holds a pipe
+reach only `nodeorch dev`), and a lifeline process (`python -m nodeorch.faces.dev_lifeline`) holds a pipe
 from this command; when the pipe closes without a clean stop (kill -9 of `nodeorch dev`), it stops
 the agents and their instances itself.
 """
@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from drivers.containers.process import ProcessDriver
-from nodeorch.cli import table
-from nodeorch.client import call
-from nodeorch.config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT, render_node_config
 from nodeorch.errors import NodeorchError
-from nodeorch.keyring import write_keyring
-from nodeorch.port_holders import taken_ports
+from nodeorch.faces.client import call
+from nodeorch.faces.port_holders import taken_ports
+from nodeorch.faces.tables import table
+from nodeorch.spec.node_config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT, render_node_config
+from nodeorch.spec.secret_files import write_keyring
 
 MAX_NODES = 200
 AGENT_STOP_TIMEOUT = 15.0
@@ -171,7 +171,7 @@ class DevCluster:
     async def start(self) -> None:
         with (self.folder / "lifeline.log").open("ab") as log:
             self._lifeline = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "nodeorch.dev_lifeline", str(self.folder),
+                sys.executable, "-m", "nodeorch.faces.dev_lifeline", str(self.folder),
                 stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log, start_new_session=True,
             )
         for i in range(self.count):

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from drivers.health import ExecProbe, HttpProbe, Probe, TcpProbe
-from nodeorch.health import HealthTracker, aggregate, observers
-from nodeorch.services import HealthSpec, ServiceSpec
+from nodeorch.core.health_verdicts import HealthTracker, aggregate, observers
+from nodeorch.spec.service_spec import HealthSpec, ServiceSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
 
-from nodeorch.document import DocumentError, NodeDocument, decode_document
+from nodeorch.state.node_document import DocumentError, NodeDocument, decode_document
 
 log = logging.getLogger(__name__)
 

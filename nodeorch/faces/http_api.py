@@ -14,25 +14,23 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from aiohttp import web
 
 from gossip import parse_address
 from nodeorch import __version__
-from nodeorch.config import DEFAULT_API_PORT
-from nodeorch.document import decode_labels
-from nodeorch.metrics import render_metrics
-from nodeorch.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
-
-if TYPE_CHECKING:
-    from nodeorch.agent import Agent
+from nodeorch.faces.agent_view import AgentView
+from nodeorch.faces.metrics import render_metrics
+from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
+from nodeorch.spec.node_config import DEFAULT_API_PORT
+from nodeorch.state.node_document import decode_labels
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BODY = 16 * 1024
 EVENTS_KEEPALIVE = 15.0
-AGENT: web.AppKey[Agent] = web.AppKey("agent")
+AGENT: web.AppKey[AgentView] = web.AppKey("agent")
 POLICY: web.AppKey[RequestPolicy] = web.AppKey("policy")
 UNIX_SOCKET_MODE = 0o660
 
@@ -82,7 +80,7 @@ def member_json(member: Any) -> dict[str, Any]:
     }
 
 
-def status_json(agent: Agent) -> dict[str, Any]:
+def status_json(agent: AgentView) -> dict[str, Any]:
     counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
     for member in agent.node.members():
         counts[member.state.label] += 1
@@ -104,7 +102,7 @@ def status_json(agent: Agent) -> dict[str, Any]:
     }
 
 
-def services_json(agent: Agent) -> list[dict[str, Any]]:
+def services_json(agent: AgentView) -> list[dict[str, Any]]:
     """Every desired service with the instances the live nodes report for it."""
     reported: dict[str, list[dict[str, Any]]] = {}
     for name, document in sorted(agent.documents.items()):
@@ -207,7 +205,7 @@ async def undrain(request: web.Request) -> web.Response:
     return _json({"node": agent.name, "draining": False})
 
 
-def build_app(agent: Agent, policy: RequestPolicy) -> web.Application:
+def build_app(agent: AgentView, policy: RequestPolicy) -> web.Application:
     app = web.Application(middlewares=[_json_errors, _guard], client_max_size=MAX_REQUEST_BODY)
     app[AGENT] = agent
     app[POLICY] = policy
@@ -237,7 +235,7 @@ class ApiServer:
     """`async with ApiServer(agent, "127.0.0.1:7947")` serves until exit; also "unix:/path"
     (mode 0660: root and the socket's group)."""
 
-    def __init__(self, agent: Agent, listen: str, *, allowed_hosts: tuple[str, ...] = (), token: str = "") -> None:
+    def __init__(self, agent: AgentView, listen: str, *, allowed_hosts: tuple[str, ...] = (), token: str = "") -> None:
         self._agent = agent
         self._listen = listen
         self._policy = RequestPolicy.for_listen(listen, allowed_hosts, token)

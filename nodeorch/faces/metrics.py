@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from nodeorch.agent import Agent
+from nodeorch.faces.agent_view import AgentView
 
 
 def _escape(value: str) -> str:
@@ -26,7 +24,7 @@ class _Writer:
         self.lines.append(f"{name}{{{inner}}} {value}" if inner else f"{name} {value}")
 
 
-def render_metrics(agent: Agent) -> str:
+def render_metrics(agent: AgentView) -> str:
     out = _Writer()
     out.family("nodeorch_up", "gauge", "1 while the agent loop runs")
     out.sample("nodeorch_up", 1)

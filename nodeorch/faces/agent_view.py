@@ -1,0 +1,41 @@
+"""What the status endpoint and /metrics read of an agent: a narrow view, so the faces never import
+the agent itself (and can be tested against a small stand-in)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gossip import GossipNode, Member
+from nodeorch.core.placement import Assignment
+from nodeorch.reconcile.job_table import JobTable
+from nodeorch.spec.desired import DesiredStatus
+from nodeorch.spec.node_config import NodeConfig
+from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.document_store import DocumentStore
+from nodeorch.state.event_log import EventLog
+
+
+class AgentView(Protocol):
+    name: str
+    config: NodeConfig
+    started_at: float
+    draining: bool
+    events: EventLog
+    jobs: JobTable
+    documents: DocumentStore
+    desired: DesiredStatus
+
+    @property
+    def node(self) -> GossipNode: ...
+
+    def members(self) -> list[Member]: ...
+
+    def stale(self, name: str) -> bool: ...
+
+    def differing_digests(self) -> list[str]: ...
+
+    def placement(self) -> list[Assignment]: ...
+
+    def desired_services(self) -> tuple[ServiceSpec, ...]: ...
+
+    async def set_draining(self, draining: bool) -> None: ...
