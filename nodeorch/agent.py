@@ -43,6 +43,7 @@ from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import DocumentError, NodeDocument, encode_document, encode_labels
+from nodeorch.state.records import HealthVerdict, InstanceRecord
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class Agent:
         self._version = 0
         self._publish_lock = asyncio.Lock()
         self.jobs = JobTable()
-        self._instances: tuple[dict[str, object], ...] = ()
-        self._health: tuple[dict[str, object], ...] = ()
+        self._instances: tuple[InstanceRecord, ...] = ()
+        self._health: tuple[HealthVerdict, ...] = ()
         self._runner: ServiceRunner | None = None
 
     # Views for the status endpoint -------------------------------------------------------------------
@@ -248,8 +249,8 @@ class Agent:
             desired_error=self.desired.error,
             api=self.config.api.listen,
             updated_at=time.time(),
-            instances=self._instances,  # type: ignore[arg-type]
-            health=self._health,  # type: ignore[arg-type]
+            instances=self._instances,
+            health=self._health,
         )
 
     async def publish(self) -> None:
@@ -281,7 +282,7 @@ class Agent:
         return member.addr[0] if member else None
 
     async def publish_instances(
-        self, records: tuple[dict[str, object], ...], health: tuple[dict[str, object], ...]
+        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None:
         self._instances = records
         self._health = health

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from nodeorch.core.placement import rendezvous_score
 from nodeorch.spec.service_spec import HealthSpec
+from nodeorch.state.records import HealthStatus
 
 OTHER_OBSERVERS = 2
 
@@ -35,30 +36,30 @@ class HealthTracker:
     """When the instance (as this observer knows it) started; initializing_timeout runs from here."""
     successes: int = 0
     failures: int = 0
-    status: str = "initializing"
+    status: HealthStatus = HealthStatus.INITIALIZING
     since: float = 0.0
     detail: str = ""
 
-    def record(self, ok: bool, now: float, detail: str = "") -> str:
+    def record(self, ok: bool, now: float, detail: str = "") -> HealthStatus:
         self.detail = detail
         if ok:
             self.successes, self.failures = self.successes + 1, 0
-            if self.successes >= self.spec.healthy_threshold and self.status != "healthy":
-                self.status, self.since = "healthy", now
+            if self.successes >= self.spec.healthy_threshold and self.status is not HealthStatus.HEALTHY:
+                self.status, self.since = HealthStatus.HEALTHY, now
         else:
             self.failures, self.successes = self.failures + 1, 0
-            if self.failures >= self.spec.unhealthy_threshold and self.status != "unhealthy":
-                self.status, self.since = "unhealthy", now
-        if self.status == "initializing" and now - self.started >= self.spec.initializing_timeout:
-            self.status, self.since = "unhealthy", now  # never became healthy in time
+            if self.failures >= self.spec.unhealthy_threshold and self.status is not HealthStatus.UNHEALTHY:
+                self.status, self.since = HealthStatus.UNHEALTHY, now
+        if self.status is HealthStatus.INITIALIZING and now - self.started >= self.spec.initializing_timeout:
+            self.status, self.since = HealthStatus.UNHEALTHY, now  # never became healthy in time
         return self.status
 
 
-def aggregate(verdicts: Mapping[str, str], live_observers: Iterable[str]) -> str:
+def aggregate(verdicts: Mapping[str, HealthStatus], live_observers: Iterable[str]) -> HealthStatus:
     """One instance's health from its live observers' verdicts: unhealthy only when all agree."""
     seen = [verdicts.get(o) for o in live_observers]
-    if seen and all(v == "unhealthy" for v in seen):
-        return "unhealthy"
-    if any(v == "healthy" for v in seen):
-        return "healthy"
-    return "unknown"
+    if seen and all(v is HealthStatus.UNHEALTHY for v in seen):
+        return HealthStatus.UNHEALTHY
+    if any(v is HealthStatus.HEALTHY for v in seen):
+        return HealthStatus.HEALTHY
+    return HealthStatus.UNKNOWN

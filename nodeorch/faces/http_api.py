@@ -109,9 +109,9 @@ def services_json(agent: AgentView) -> list[dict[str, Any]]:
         if agent.stale(name):
             continue
         for record in document.instances:
-            entry = {"slot": record.get("slot"), "node": name, "state": record.get("state"),
-                     "health": record.get("health", "unknown"), "since": record.get("since")}
-            reported.setdefault(str(record.get("service")), []).append(entry)
+            entry = {"slot": record.slot, "node": name, "state": record.state.value,
+                     "health": record.health.value, "since": round(record.since, 3)}
+            reported.setdefault(record.service, []).append(entry)
     out = []
     for spec in agent.desired_services():
         desired = sum(1 for a in agent.placement() if a.service == spec.name)

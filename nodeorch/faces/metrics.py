@@ -48,7 +48,7 @@ def render_metrics(agent: AgentView) -> str:
     for name, document in sorted(agent.documents.items()):
         out.sample("nodeorch_document_version", document.version, node=name)
     out.family("nodeorch_documents_refused_total", "counter", "Documents refused, by reason")
-    for reason in ("invalid", "wrong_owner", "oversized_own"):
+    for reason in ("invalid", "wrong_owner", "oversized_own", "unknown_records"):
         out.sample("nodeorch_documents_refused_total", agent.documents.drops[reason], reason=reason)
     desired = agent.desired.state
     out.family("nodeorch_desired_revision", "gauge", "Revision of the desired state in force here (-1: none)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from drivers.health import ExecProbe, HttpProbe, Probe, TcpProbe
 from nodeorch.core.health_verdicts import HealthTracker, aggregate, observers
 from nodeorch.spec.service_spec import HealthSpec, ServiceSpec
+from nodeorch.state.records import HealthStatus, HealthVerdict
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,10 @@ class HealthWatcher:
                 self._on_change()
             await asyncio.sleep(spec.health.interval)
 
-    def records(self) -> tuple[dict[str, object], ...]:
+    def records(self) -> tuple[HealthVerdict, ...]:
         """This node's verdicts, for its document."""
         return tuple(
-            {"service": w.service, "slot": w.slot, "node": w.owner, "ref": w.ref, "status": t.status,
-             "since": round(t.since, 3), "failures": t.failures}
+            HealthVerdict(w.service, w.slot, w.owner, w.ref, t.status, t.since, t.failures)
             for w, t in sorted(self._trackers.items(), key=lambda x: (x[0].service, x[0].slot, x[0].owner))
         )
 
@@ -104,36 +104,36 @@ def instance_health(
     item: Watched,
     spec: ServiceSpec,
     live: Iterable[str],
-    verdicts_by_node: Mapping[str, Iterable[Mapping[str, object]]],
-) -> str:
+    verdicts_by_node: Mapping[str, Iterable[HealthVerdict]],
+) -> HealthStatus:
     """unknown / healthy / unhealthy for one instance, from its live observers' verdicts on it."""
     if spec.health is None:
-        return "unknown"
+        return HealthStatus.UNKNOWN
     watchers = observers(item.service, item.slot, item.owner, live, spec.health.kind)
-    verdicts: dict[str, str] = {}
+    verdicts: dict[str, HealthStatus] = {}
     for node in watchers:
-        for record in verdicts_by_node.get(node, ()):
-            if (record.get("service"), record.get("slot"), record.get("node"), record.get("ref")) == (
+        for verdict in verdicts_by_node.get(node, ()):
+            if (verdict.service, verdict.slot, verdict.node, verdict.ref) == (
                 item.service, item.slot, item.owner, item.ref
             ):
-                verdicts[node] = str(record.get("status"))
+                verdicts[node] = verdict.status
     return aggregate(verdicts, watchers)
 
 
 def to_recreate(
     mine: Iterable[Watched],
     specs: Mapping[str, ServiceSpec],
-    health: Mapping[Watched, str],
+    health: Mapping[Watched, HealthStatus],
 ) -> set[str]:
     """Keys of this node's instances to replace for their health, as each service's strategy allows."""
     healthy: dict[str, int] = {}
     for item, status in health.items():
-        if status == "healthy":
+        if status is HealthStatus.HEALTHY:
             healthy[item.service] = healthy.get(item.service, 0) + 1
     chosen = set()
     for item in mine:
         spec = specs.get(item.service)
-        if spec is None or spec.health is None or health.get(item) != "unhealthy":
+        if spec is None or spec.health is None or health.get(item) is not HealthStatus.UNHEALTHY:
             continue
         strategy = spec.health.strategy
         if strategy == "none":

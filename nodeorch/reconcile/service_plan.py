@@ -15,14 +15,13 @@ from drivers.containers import InstanceSpec, InstanceState, InstanceStatus
 from nodeorch.core.backoff import Backoff, BackoffPolicy
 from nodeorch.core.placement import NodeView, RunningInstance, ServiceShape, place_services
 from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.records import HealthStatus, InstancePhase, InstanceRecord
 
 HANDOVER_TIMEOUT = 30.0
 """Start-first handover: stop an instance that moved away once its new owner reports it running,
 or after this long if the new owner never does."""
 STABLE_AFTER = 10.0
 """An instance that ran this long without exiting has its restart backoff reset."""
-HELD_STATES = {"starting", "running", "exited", "restarting"}
-"""States of a reported instance that keep its slot where it is (a crash restarts in place)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +74,13 @@ def instance_spec(spec: ServiceSpec, slot: str) -> InstanceSpec:
 
 
 def held_instances(
-    me: str, reported: Mapping[str, Iterable[Mapping[str, object]]], local: Iterable[InstanceStatus]
+    me: str, reported: Mapping[str, Iterable[InstanceRecord]], local: Iterable[InstanceStatus]
 ) -> list[RunningInstance]:
     """Every instance that holds its slot for placement: other nodes' reports, and our own."""
     held = [
-        RunningInstance(str(r["service"]), str(r["slot"]), node, r.get("state") in ("running", "starting"))
+        RunningInstance(r.service, r.slot, node, r.state in (InstancePhase.RUNNING, InstancePhase.STARTING))
         for node, records in reported.items() if node != me
-        for r in records if r.get("state") in HELD_STATES
+        for r in records if r.state.holds_slot
     ]
     held += [RunningInstance(i.service, i.slot, me, i.state is InstanceState.RUNNING) for i in local]
     return held
@@ -92,7 +91,7 @@ def plan_services(
     me: str,
     specs: Iterable[ServiceSpec],
     nodes: Iterable[NodeView],
-    reported: Mapping[str, Iterable[Mapping[str, object]]],
+    reported: Mapping[str, Iterable[InstanceRecord]],
     local: Iterable[InstanceStatus],
     memory: ServiceMemory,
     unhealthy: Iterable[str] = (),
@@ -109,10 +108,10 @@ def plan_services(
     # A handover completes when the new owner runs the instance, and, for a service with a health
     # check, when it is healthy: a move never lowers the number of healthy instances.
     running_elsewhere = {
-        (node, f"{r['service']}/{r['slot']}")
+        (node, r.key)
         for node, records in reported.items() for r in records
-        if r.get("state") == "running"
-        and ((s := by_name.get(str(r.get("service")))) is None or s.health is None or r.get("health") == "healthy")
+        if r.state is InstancePhase.RUNNING
+        and ((s := by_name.get(r.service)) is None or s.health is None or r.health is HealthStatus.HEALTHY)
     }
     decisions: list[Decision] = []
 
@@ -163,19 +162,18 @@ def plan_services(
 
 def instance_records(
     local: Iterable[InstanceStatus], memory: ServiceMemory, now: float
-) -> tuple[dict[str, object], ...]:
-    """The instances section of this node's document."""
+) -> tuple[InstanceRecord, ...]:
+    """The instances section of this node's document (health is filled in by the runner)."""
     records = []
     for instance in sorted(local, key=lambda i: i.key):
         backoff = memory.backoff.get(instance.service)
-        state = instance.state.value
+        state = InstancePhase.of(instance.state)
         next_restart = backoff.ready_at(instance.key) if backoff else 0.0
         if instance.state is InstanceState.EXITED and next_restart > now:
-            state = "restarting"
-        records.append({
-            "service": instance.service, "slot": instance.slot, "state": state, "digest": instance.digest,
-            "ref": instance.ref, "since": round(instance.started_at, 3), "exit_code": instance.exit_code,
-            "restarts": memory.restarts.get(instance.key, 0),
-            "next_restart": round(next_restart, 3) if state == "restarting" else None,
-        })
+            state = InstancePhase.RESTARTING
+        records.append(InstanceRecord(
+            instance.service, instance.slot, state, instance.digest, instance.ref, instance.started_at,
+            instance.exit_code, memory.restarts.get(instance.key, 0),
+            next_restart if state is InstancePhase.RESTARTING else None,
+        ))
     return tuple(records)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection, Container, Coroutine, Mapping
@@ -32,6 +33,7 @@ from nodeorch.reconcile.service_plan import (
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, decode_labels
+from nodeorch.state.records import HealthStatus, HealthVerdict, InstancePhase, InstanceRecord
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class ServiceHost(Protocol):
     def address_of(self, name: str) -> str | None: ...
 
     async def publish_instances(
-        self, records: tuple[dict[str, object], ...], health: tuple[dict[str, object], ...]
+        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None: ...
 
 
@@ -100,15 +102,15 @@ class ServiceRunner:
         self._memory = ServiceMemory()
         self._wake = asyncio.Event()
         self._limits: dict[str, asyncio.Semaphore] = {}
-        self._published: tuple[tuple[dict[str, object], ...], tuple[dict[str, object], ...]] | None = None
+        self._published: tuple[tuple[InstanceRecord, ...], tuple[HealthVerdict, ...]] | None = None
         self._unsupported: set[str] = set()
         self._gate = PlacementGate(clock(), expect, expect_timeout)
         self._settled = False
         self._stopping = False
         self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name))
-        self._health_map: dict[Watched, str] = {}
+        self._health_map: dict[Watched, HealthStatus] = {}
 
-    async def adopt(self) -> tuple[dict[str, object], ...]:
+    async def adopt(self) -> tuple[InstanceRecord, ...]:
         """What already runs here (from before a restart), for the agent's very first document:
         published empty, it would let other nodes think these slots are free and start them twice."""
         records = instance_records(await self._instances(), self._memory, self._clock())
@@ -158,7 +160,7 @@ class ServiceRunner:
         held = held_instances("", reported, ())
         return place_services((shape(s) for s in self._host.desired_services()), self._nodes(), held)
 
-    def _reported(self) -> dict[str, tuple[Mapping[str, object], ...]]:
+    def _reported(self) -> dict[str, tuple[InstanceRecord, ...]]:
         return {
             name: tuple(document.instances)
             for name, document in self._host.documents.items()
@@ -224,7 +226,7 @@ class ServiceRunner:
         return self._gate.is_open(now, live, self._host.documents)
 
     def _watch_health(
-        self, reported: Mapping[str, tuple[Mapping[str, object], ...]], local: list[InstanceStatus]
+        self, reported: Mapping[str, tuple[InstanceRecord, ...]], local: list[InstanceStatus]
     ) -> set[str]:
         """Probe what this node observes; returns its own instances to recreate for their health."""
         specs = {s.name: s for s in self._host.desired_services()}
@@ -233,14 +235,13 @@ class ServiceRunner:
         for node, records in reported.items():
             host = self._host.address_of(node)
             for r in records:
-                if r.get("state") == "running" and host:
-                    watched.append(Watched(str(r["service"]), str(r["slot"]), node, str(r.get("ref")), host,
-                                           float(str(r.get("since") or 0.0))))
+                if r.state is InstancePhase.RUNNING and host:
+                    watched.append(Watched(r.service, r.slot, node, r.ref, host, r.since))
         own_host = self._host.address_of(self._host.name) or "127.0.0.1"
         mine = [Watched(i.service, i.slot, self._host.name, i.ref, own_host, i.started_at)
                 for i in local if i.state is InstanceState.RUNNING]
         self._health.update(specs, [*watched, *mine], live)
-        verdicts: dict[str, tuple[Mapping[str, object], ...]] = {
+        verdicts: dict[str, tuple[HealthVerdict, ...]] = {
             name: document.health for name, document in self._host.documents.items()
         }
         verdicts[self._host.name] = self._health.records()
@@ -252,7 +253,8 @@ class ServiceRunner:
         records = instance_records(local, self._memory, self._clock())
         me = self._host.name
         health_of = {(w.service, w.slot): status for w, status in self._health_map.items() if w.owner == me}
-        records = tuple({**r, "health": health_of.get((str(r["service"]), str(r["slot"])), "unknown")} for r in records)
+        records = tuple(dataclasses.replace(r, health=health_of.get((r.service, r.slot), HealthStatus.UNKNOWN))
+                        for r in records)
         verdicts = self._health.records()
         if (records, verdicts) != self._published:
             self._published = (records, verdicts)

@@ -55,5 +55,7 @@ class DocumentStore(Mapping[str, NodeDocument]):
         previous = self._documents.get(sender)
         if previous is not None and previous.version >= document.version:
             return None
+        if document.skipped_records:
+            self.drops["unknown_records"] += document.skipped_records
         self._documents[sender] = document
         return document

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from nodeorch.errors import NodeorchError
+from nodeorch.state.records import HealthVerdict, InstanceRecord, RecordError, decode_records
 
 MAX_DOCUMENT_SIZE = 32 * 1024
 """Bytes of one encoded document; several kilobytes is the expected size, this is the ceiling."""
@@ -45,9 +46,12 @@ class NodeDocument:
     api: str = ""
     updated_at: float = 0.0
     """Unix time the owner wrote this version."""
-    instances: tuple[Record, ...] = ()
+    instances: tuple[InstanceRecord, ...] = ()
     replicas: tuple[Record, ...] = ()
-    health: tuple[Record, ...] = ()
+    """Replica records (volumes): carried as plain records until the volume reconciler types them."""
+    health: tuple[HealthVerdict, ...] = ()
+    skipped_records: int = field(default=0, compare=False)
+    """Records of this document a receiver skipped for a state it does not know (not on the wire)."""
 
     def replace(self, **changes: Any) -> NodeDocument:
         return dataclasses.replace(self, **changes)
@@ -64,9 +68,9 @@ class NodeDocument:
                         "error": self.desired_error},
             "api": self.api,
             "updated_at": self.updated_at,
-            "instances": [dict(r) for r in self.instances],
+            "instances": [r.to_wire() for r in self.instances],
             "replicas": [dict(r) for r in self.replicas],
-            "health": [dict(r) for r in self.health],
+            "health": [v.to_wire() for v in self.health],
         }
 
 
@@ -81,7 +85,7 @@ _KEYS = {v: k for k, v in _FIELDS.items()}
 def encode_document(document: NodeDocument) -> bytes:
     """The document's wire form; DocumentError if it exceeds MAX_DOCUMENT_SIZE."""
     payload = {
-        _KEYS[f.name]: _plain(getattr(document, f.name)) for f in dataclasses.fields(document)
+        _KEYS[f.name]: _plain(getattr(document, f.name)) for f in dataclasses.fields(document) if f.name in _KEYS
     }
     data: bytes = msgpack.packb(payload, use_bin_type=True)
     if len(data) > MAX_DOCUMENT_SIZE:
@@ -93,7 +97,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, tuple):
-        return [dict(r) for r in value]
+        return [r.to_wire() if isinstance(r, InstanceRecord | HealthVerdict) else dict(r) for r in value]
     return value
 
 
@@ -142,7 +146,13 @@ def decode_document(data: bytes) -> NodeDocument:
     values["updated_at"] = float(updated)
     for key in ("instances", "replicas", "health"):
         values[key] = _records(values.get(key, []), key)
-    return NodeDocument(**values)
+    try:
+        values["instances"], skipped_instances = decode_records(values["instances"], InstanceRecord.from_wire,
+                                                                "instances")
+        values["health"], skipped_verdicts = decode_records(values["health"], HealthVerdict.from_wire, "health")
+    except RecordError as error:
+        raise DocumentError(str(error)) from None
+    return NodeDocument(**values, skipped_records=skipped_instances + skipped_verdicts)
 
 
 def encode_labels(labels: Mapping[str, str]) -> bytes:

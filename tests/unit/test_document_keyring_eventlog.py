@@ -22,11 +22,12 @@ from nodeorch.state.node_document import (
     decode_document,
     encode_document,
 )
+from nodeorch.state.records import InstancePhase, InstanceRecord
 
 
 def document(**changes: object) -> NodeDocument:
     base = NodeDocument(name="node-a", version=7, boot_id="b00t", labels={"zone": "z1"}, desired_revision=3,
-                        desired_digest="abc", instances=({"service": "web", "slot": 1, "state": "running"},))
+                        desired_digest="abc", instances=(InstanceRecord("web", "1", InstancePhase.RUNNING),))
     return base.replace(**changes)
 
 

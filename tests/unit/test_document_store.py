@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nodeorch.state.document_store import DocumentStore
-from nodeorch.state.node_document import NodeDocument, encode_document
+from nodeorch.state.node_document import DocumentError, NodeDocument, decode_document, encode_document
+from nodeorch.state.records import HealthStatus, InstancePhase
 
 
 def wire(name: str, version: int, **changes: object) -> bytes:
@@ -46,3 +49,34 @@ def test_nobody_can_overwrite_this_nodes_own_document() -> None:
     store.store_own(NodeDocument(name="me", version=3, boot_id="b"))
     assert store.receive("me", wire("me", 1000, draining=True)) is None
     assert store["me"].version == 3 and not store["me"].draining
+
+
+def test_records_from_a_newer_agent_keep_working() -> None:
+    """A mixed-version cluster: extra keys in a record are ignored, and a record whose state this
+    agent does not know is skipped (and counted), not the whole document refused."""
+    import msgpack
+
+    newer = msgpack.packb({
+        "n": "node-b", "v": 1, "b": "x", "future_section": {"k": 1},
+        "i": [
+            {"service": "web", "slot": "0", "state": "running", "health": "healthy", "cpu_pressure": 0.5},
+            {"service": "web", "slot": "1", "state": "hibernating"},
+        ],
+        "h": [{"service": "web", "slot": "0", "node": "node-b", "ref": "r", "status": "degraded"}],
+    })
+    store = DocumentStore("me")
+    document = store.receive("node-b", newer)
+    assert document is not None
+    (record,) = document.instances
+    assert (record.key, record.state, record.health) == ("web/0", InstancePhase.RUNNING, HealthStatus.HEALTHY)
+    assert document.health == () and document.skipped_records == 2 and store.drops["unknown_records"] == 2
+
+
+def test_a_record_of_the_wrong_type_refuses_the_document_naming_it() -> None:
+    import msgpack
+
+    bad = msgpack.packb({"n": "node-b", "v": 1, "b": "x", "i": [{"service": "web", "slot": 0, "state": "running"}]})
+    store = DocumentStore("me")
+    assert store.receive("node-b", bad) is None and store.drops["invalid"] == 1
+    with pytest.raises(DocumentError, match=r"instances\[0\]\.slot: expected str, got int"):
+        decode_document(bad)

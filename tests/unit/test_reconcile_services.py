@@ -6,6 +6,7 @@ from drivers.containers import InstanceState, InstanceStatus
 from nodeorch.core.placement import NodeView
 from nodeorch.reconcile.service_plan import Replace, ServiceMemory, Start, Stop, plan_services
 from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.records import HealthStatus, InstancePhase, InstanceRecord
 
 WEB = ServiceSpec("web", command=("web",), scale=1, restart_delay=1.0, restart_max_delay=8.0)
 NODES = [NodeView("a"), NodeView("b")]
@@ -58,10 +59,10 @@ def test_start_first_handover_waits_for_the_new_owner() -> None:
     draining = [NodeView(me, draining=True), NodeView(other)]
     memory = ServiceMemory()
     assert plan_services(0.0, me, [WEB], draining, {}, [running()], memory) == [], "keeps it until replaced"
-    (start,) = plan_services(0.0, other, [WEB], draining, {me: [{"service": "web", "slot": "0", "state": "running"}]},
+    (start,) = plan_services(0.0, other, [WEB], draining, {me: [InstanceRecord("web", "0", InstancePhase.RUNNING)]},
                              [], ServiceMemory())
     assert isinstance(start, Start)
-    reported = {other: [{"service": "web", "slot": "0", "state": "running"}]}
+    reported = {other: [InstanceRecord("web", "0", InstancePhase.RUNNING)]}
     (stop,) = plan_services(1.0, me, [WEB], draining, reported, [running()], memory)
     assert isinstance(stop, Stop) and "runs it" in stop.reason
 
@@ -90,8 +91,8 @@ def test_a_health_checked_handover_waits_for_the_new_instance_to_be_healthy() ->
     draining = [NodeView(me, draining=True), NodeView(other)]
     memory = ServiceMemory()
     mine = running(checked)
-    starting = {other: [{"service": "web", "slot": "0", "state": "running", "health": "unknown"}]}
+    starting = {other: [InstanceRecord("web", "0", InstancePhase.RUNNING)]}
     assert plan_services(1.0, me, [checked], draining, starting, [mine], memory) == []
-    healthy = {other: [{"service": "web", "slot": "0", "state": "running", "health": "healthy"}]}
+    healthy = {other: [InstanceRecord("web", "0", InstancePhase.RUNNING, health=HealthStatus.HEALTHY)]}
     (stop,) = plan_services(2.0, me, [checked], draining, healthy, [mine], memory)
     assert isinstance(stop, Stop)

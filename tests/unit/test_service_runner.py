@@ -12,6 +12,7 @@ from nodeorch.reconcile.service_runner import SETTLE_TIMEOUT, PlacementGate, Ser
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument
+from nodeorch.state.records import HealthVerdict, InstancePhase, InstanceRecord
 
 
 class Host:
@@ -22,7 +23,7 @@ class Host:
         self.events = EventLog()
         self.jobs = JobTable()
         self.services = services
-        self.published: list[tuple[dict[str, object], ...]] = []
+        self.published: list[tuple[InstanceRecord, ...]] = []
 
     def members(self) -> list[Member]:
         return [Member("a", ("127.0.0.2", 7946), json.dumps({}).encode(), 0, MemberState.ALIVE, 0.0)]
@@ -41,7 +42,7 @@ class Host:
         return self.services
 
     async def publish_instances(
-        self, records: tuple[dict[str, object], ...], health: tuple[dict[str, object], ...]
+        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None:
         self.published.append(records)
 
@@ -57,14 +58,14 @@ async def test_instances_start_as_jobs_and_a_crash_restarts_in_place_after_the_d
     await runner.reconcile()
     assert sorted(driver.started) == ["web/0", "web/1", "web/2"]
     assert host.jobs.counts()["succeeded"] == 3
-    assert [r["state"] for r in host.published[-1]] == ["running"] * 3
+    assert [r.state for r in host.published[-1]] == [InstancePhase.RUNNING] * 3
 
     driver.crash("web", "1", exit_code=137)
     now[0] += 0.5
     await runner.reconcile()
     assert driver.started.count("web/1") == 1, "not before the restart delay"
-    crashed = next(r for r in host.published[-1] if r["slot"] == "1")
-    assert crashed["state"] == "restarting" and crashed["exit_code"] == 137 and crashed["restarts"] == 1
+    crashed = next(r for r in host.published[-1] if r.slot == "1")
+    assert crashed.state is InstancePhase.RESTARTING and crashed.exit_code == 137 and crashed.restarts == 1
     now[0] += 1.0
     await runner.reconcile()
     assert driver.started.count("web/1") == 2, "restarted in place after the delay"

@@ -1,0 +1,164 @@
+"""The typed sections of a node document: instance records and health verdicts, with their codec.
+
+On the wire each record is a small msgpack table of scalars. Decoding is strict about types but
+lenient about the future: a key this agent does not know is ignored, and a record whose state or
+status this agent does not know is skipped (counted by the caller), so a cluster keeps working
+while agents of two versions mix during an upgrade.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from drivers.containers import InstanceState
+from nodeorch.errors import NodeorchError
+
+Scalar = str | int | float | bool | None
+
+
+class RecordError(NodeorchError, ValueError):
+    """A record of a document is malformed."""
+
+
+class UnknownValue(RecordError):
+    """A record names a state or status this agent does not know (a newer agent's)."""
+
+
+class InstancePhase(enum.Enum):
+    """An instance's state as its node reports it: the driver's state, or restarting (exited and
+    waiting out its restart backoff)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    FAILED = "failed"
+
+    @classmethod
+    def of(cls, state: InstanceState) -> InstancePhase:
+        return cls(state.value)
+
+    @property
+    def holds_slot(self) -> bool:
+        """Whether an instance in this phase keeps its slot where it is (a crash restarts in place)."""
+        return self in (InstancePhase.STARTING, InstancePhase.RUNNING, InstancePhase.EXITED, InstancePhase.RESTARTING)
+
+
+class HealthStatus(enum.Enum):
+    UNKNOWN = "unknown"
+    INITIALIZING = "initializing"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+E = TypeVar("E", bound=enum.Enum)
+T = TypeVar("T")
+
+
+def _field(raw: Mapping[str, Any], key: str, kinds: tuple[type, ...], default: Any = ...) -> Any:
+    if key not in raw:
+        if default is ...:
+            raise RecordError(f"{key}: missing")
+        return default
+    value = raw[key]
+    if type(value) not in kinds:
+        raise RecordError(f"{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    return value
+
+
+def _enum(kind: type[E], raw: Mapping[str, Any], key: str, default: E | None = None) -> E:
+    text = _field(raw, key, (str,), default.value if default is not None else ...)
+    try:
+        return kind(text)
+    except ValueError:
+        raise UnknownValue(f"{key}: {text!r} is not known to this agent") from None
+
+
+def _number(raw: Mapping[str, Any], key: str) -> float:
+    return float(_field(raw, key, (int, float), 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    service: str
+    slot: str
+    state: InstancePhase
+    digest: str = ""
+    ref: str = ""
+    """The driver's handle (a pid, a container id): tells two incarnations of a slot apart."""
+    since: float = 0.0
+    exit_code: int | None = None
+    restarts: int = 0
+    next_restart: float | None = None
+    health: HealthStatus = HealthStatus.UNKNOWN
+    """The instance's health as its owner aggregates its observers' verdicts."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.service}/{self.slot}"
+
+    def to_wire(self) -> dict[str, Scalar]:
+        return {
+            "service": self.service, "slot": self.slot, "state": self.state.value, "digest": self.digest,
+            "ref": self.ref, "since": round(self.since, 3), "exit_code": self.exit_code, "restarts": self.restarts,
+            "next_restart": None if self.next_restart is None else round(self.next_restart, 3),
+            "health": self.health.value,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> InstanceRecord:
+        next_restart = _field(raw, "next_restart", (int, float, type(None)), None)
+        return cls(
+            service=_field(raw, "service", (str,)), slot=_field(raw, "slot", (str,)),
+            state=_enum(InstancePhase, raw, "state"), digest=_field(raw, "digest", (str,), ""),
+            ref=_field(raw, "ref", (str,), ""), since=_number(raw, "since"),
+            exit_code=_field(raw, "exit_code", (int, type(None)), None), restarts=_field(raw, "restarts", (int,), 0),
+            next_restart=None if next_restart is None else float(next_restart),
+            health=_enum(HealthStatus, raw, "health", HealthStatus.UNKNOWN),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthVerdict:
+    """One observer's verdict on one incarnation (ref) of an instance."""
+
+    service: str
+    slot: str
+    node: str
+    """The instance's owner."""
+    ref: str
+    status: HealthStatus
+    since: float = 0.0
+    failures: int = 0
+
+    def to_wire(self) -> dict[str, Scalar]:
+        return {"service": self.service, "slot": self.slot, "node": self.node, "ref": self.ref,
+                "status": self.status.value, "since": round(self.since, 3), "failures": self.failures}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> HealthVerdict:
+        return cls(
+            service=_field(raw, "service", (str,)), slot=_field(raw, "slot", (str,)), node=_field(raw, "node", (str,)),
+            ref=_field(raw, "ref", (str,), ""), status=_enum(HealthStatus, raw, "status"),
+            since=_number(raw, "since"), failures=_field(raw, "failures", (int,), 0),
+        )
+
+
+def decode_records(raws: tuple[Mapping[str, Any], ...], decode: Callable[[Mapping[str, Any]], T],
+                   what: str) -> tuple[tuple[T, ...], int]:
+    """Every record decoded, and how many were skipped for a value this agent does not know;
+    RecordError (naming the section and index) for a malformed one."""
+    records: list[T] = []
+    skipped = 0
+    for index, raw in enumerate(raws):
+        try:
+            records.append(decode(raw))
+        except UnknownValue:
+            skipped += 1
+        except RecordError as error:
+            raise RecordError(f"{what}[{index}].{error}") from None
+    return tuple(records), skipped
