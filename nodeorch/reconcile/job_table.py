@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -30,13 +30,16 @@ class Job:
     updated: float = 0.0
     error: str = ""
     progress: float | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
+    """0..1 for long jobs that report it (a rebuild), else None."""
+    not_before: float = 0.0
+    """A pending job held back by its key's failure backoff starts no earlier than this."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "kind": self.kind, "target": self.target, "state": self.state.value,
             "attempts": self.attempts, "created": round(self.created, 3), "updated": round(self.updated, 3),
             "error": self.error or None, "progress": self.progress,
+            "not_before": round(self.not_before, 3) if self.not_before > self.created else None,
         }
 
 
@@ -51,10 +54,19 @@ class JobTable:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def start(self, kind: str, target: str, now: float) -> Job:
-        job = Job(next(self._ids), kind, target, JobState.RUNNING, 1, now, now)
+    def add(self, kind: str, target: str, now: float, *, attempts: int = 1, not_before: float = 0.0) -> Job:
+        """A new pending job."""
+        job = Job(next(self._ids), kind, target, JobState.PENDING, attempts, now, now, not_before=not_before)
         self._jobs[job.id] = job
         return job
+
+    def mark_running(self, job: Job, now: float) -> None:
+        job.state = JobState.RUNNING
+        job.updated = now
+
+    def forget(self, job: Job) -> None:
+        """Drop a job that will never run (replaced by a newer decision, or the agent is stopping)."""
+        self._jobs.pop(job.id, None)
 
     def finish(self, job: Job, now: float, error: str = "") -> None:
         job.state = JobState.FAILED if error else JobState.SUCCEEDED

@@ -18,7 +18,7 @@ from drivers.containers import ContainerDriver, DriverError, InstanceState, Inst
 from gossip import Member, MemberState
 from nodeorch.core.placement import Assignment, NodeView, place_services
 from nodeorch.reconcile.health_watch import HealthWatcher, Watched, instance_health, to_recreate
-from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.job_table import Job, JobTable
 from nodeorch.reconcile.service_plan import (
     Decision,
     Replace,
@@ -30,6 +30,7 @@ from nodeorch.reconcile.service_plan import (
     plan_services,
     shape,
 )
+from nodeorch.reconcile.work_queue import WorkQueue
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, decode_labels
@@ -101,7 +102,8 @@ class ServiceRunner:
         self._clock = clock
         self._memory = ServiceMemory()
         self._wake = asyncio.Event()
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self.queue = WorkQueue(host.jobs, self._job_finished, clock=clock,
+                               limits={kind: MAX_CONCURRENT_JOBS for kind in ("start", "stop", "replace")})
         self._published: tuple[tuple[InstanceRecord, ...], tuple[HealthVerdict, ...]] | None = None
         self._unsupported: set[str] = set()
         self._gate = PlacementGate(clock(), expect, expect_timeout)
@@ -120,6 +122,7 @@ class ServiceRunner:
     def begin_shutdown(self) -> None:
         """The agent is stopping: no new job starts from now on (the ones running are cancelled)."""
         self._stopping = True
+        self.queue.close()
 
     def trigger(self) -> None:
         """Something changed: run a pass soon (level-triggered: many triggers, one pass)."""
@@ -127,7 +130,9 @@ class ServiceRunner:
 
     async def run(self) -> None:
         try:
-            await self._loop()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.queue.run())
+                tasks.create_task(self._loop())
         finally:
             await self._health.close()
 
@@ -215,9 +220,8 @@ class ServiceRunner:
         recreate = self._watch_health(reported, local)
         decisions = plan_services(now, self._host.name, self._specs(), self._nodes(), reported, local, self._memory,
                                   recreate)
-        if decisions:
-            await asyncio.gather(*(self._execute(d) for d in decisions))
-            local = await self._instances()
+        for decision in decisions:
+            self._submit(decision)
         await self._publish(local)
 
     def _view_complete(self, now: float) -> bool:
@@ -263,24 +267,29 @@ class ServiceRunner:
     async def close(self) -> None:
         await self._health.close()
 
-    async def _execute(self, decision: Decision) -> None:
-        kind, target, action = self._describe(decision)
-        limit = self._limits.setdefault(kind, asyncio.Semaphore(MAX_CONCURRENT_JOBS))
-        async with limit:
-            if self._stopping:
-                return
-            job = self._host.jobs.start(kind, target, self._clock())
+    def _submit(self, decision: Decision) -> None:
+        """Queue a decision as a job; one already waiting or running for that slot is not queued twice
+        (a different decision for it runs after the current one)."""
+        kind, target, act = self._describe(decision)
+        if self.queue.busy(target) == kind:
+            return
+
+        async def action(job: Job) -> None:
             log.info("%s: job %d started: %s %s", self._host.name, job.id, kind, target)
             self._host.events.append("job.started", job=job.id, action=kind, target=target)
-            error = ""
             try:
-                await action()
+                await act()
             except DriverError as failure:
-                error = str(failure)
-                log.warning("%s: %s %s failed: %s", self._host.name, kind, target, error)
+                log.warning("%s: %s %s failed: %s", self._host.name, kind, target, failure)
                 self._back_off(decision)
-            self._host.jobs.finish(job, self._clock(), error)
-            self._host.events.append("job.finished", job=job.id, action=kind, target=target, error=error or None)
+                raise
+
+        self.queue.add(target, kind, action)
+
+    def _job_finished(self, job: Job) -> None:
+        self._host.events.append("job.finished", job=job.id, action=job.kind, target=job.target,
+                                 error=job.error or None)
+        self.trigger()  # publish the outcome, and decide what follows from it
 
     def _back_off(self, decision: Decision) -> None:
         """A failed start waits like a crash does, so a broken image or engine is not hammered."""

@@ -8,8 +8,10 @@ from nodeorch.reconcile.job_table import JobState, JobTable
 
 def test_jobs_record_their_outcome_and_old_finished_ones_are_forgotten() -> None:
     table = JobTable(keep_finished=2)
-    jobs = [table.start("start", f"web/{i}", now=float(i)) for i in range(4)]
-    assert [j.id for j in jobs] == [1, 2, 3, 4]
+    jobs = [table.add("start", f"web/{i}", now=float(i)) for i in range(4)]
+    assert [j.id for j in jobs] == [1, 2, 3, 4] and table.counts()["pending"] == 4
+    for job in jobs:
+        table.mark_running(job, now=5.0)
     table.finish(jobs[0], now=10.0)
     table.finish(jobs[1], now=11.0, error="image not found")
     assert jobs[1].state is JobState.FAILED and jobs[1].error == "image not found"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from drivers.containers.memory import MemoryDriver
 from gossip import Member, MemberState
@@ -47,29 +49,48 @@ class Host:
         self.published.append(records)
 
 
+@contextlib.asynccontextmanager
+async def jobs_running(runner: ServiceRunner) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """The runner's work queue at work; yields `settle`: a pass, its jobs, and the pass after them."""
+    task = asyncio.create_task(runner.queue.run())
+
+    async def settle() -> None:
+        await runner.reconcile()
+        await runner.queue.settled()
+        await runner.reconcile()
+
+    try:
+        yield settle
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_instances_start_as_jobs_and_a_crash_restarts_in_place_after_the_delay() -> None:
     web = ServiceSpec("web", driver="memory", command=("web",), scale=3, spread="none", restart_delay=1.0)
     host, driver = Host((web,)), MemoryDriver()
     now = [100.0]
     runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
-    await runner.reconcile()
-    assert driver.started == [], "a node that sees no peer waits before deciding alone"
-    now[0] += SETTLE_TIMEOUT
-    await runner.reconcile()
-    assert sorted(driver.started) == ["web/0", "web/1", "web/2"]
-    assert host.jobs.counts()["succeeded"] == 3
-    assert [r.state for r in host.published[-1]] == [InstancePhase.RUNNING] * 3
+    async with jobs_running(runner) as settle:
+        await settle()
+        assert driver.started == [], "a node that sees no peer waits before deciding alone"
+        now[0] += SETTLE_TIMEOUT
+        await settle()
+        assert sorted(driver.started) == ["web/0", "web/1", "web/2"]
+        assert host.jobs.counts()["succeeded"] == 3
+        assert [r.state for r in host.published[-1]] == [InstancePhase.RUNNING] * 3
 
-    driver.crash("web", "1", exit_code=137)
-    now[0] += 0.5
-    await runner.reconcile()
-    assert driver.started.count("web/1") == 1, "not before the restart delay"
-    crashed = next(r for r in host.published[-1] if r.slot == "1")
-    assert crashed.state is InstancePhase.RESTARTING and crashed.exit_code == 137 and crashed.restarts == 1
-    now[0] += 1.0
-    await runner.reconcile()
-    assert driver.started.count("web/1") == 2, "restarted in place after the delay"
-    assert host.jobs.counts()["succeeded"] == 4
+        driver.crash("web", "1", exit_code=137)
+        now[0] += 0.5
+        await settle()
+        assert driver.started.count("web/1") == 1, "not before the restart delay"
+        crashed = next(r for r in host.published[-1] if r.slot == "1")
+        assert crashed.state is InstancePhase.RESTARTING and crashed.exit_code == 137 and crashed.restarts == 1
+        now[0] += 1.0
+        await settle()
+        assert driver.started.count("web/1") == 2, "restarted in place after the delay"
+        assert host.jobs.counts()["succeeded"] == 4
 
 
 async def test_a_service_for_a_driver_this_agent_lacks_is_reported_not_run() -> None:
