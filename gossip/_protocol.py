@@ -410,6 +410,7 @@ class GossipCore:
         probe = self._probe
         if probe is not None and probe.seq == seq and not probe.acked:
             probe.acked = True
+            self.stats["probes_acked"] += 1
             self._awareness.apply(-1)
 
     # Receiving packets ---------------------------------------------------------------------------

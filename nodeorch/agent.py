@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import signal
 import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from typing import Any
 
 from drivers.containers.docker import DockerDriver
 from drivers.containers.process import ProcessDriver
@@ -36,20 +37,21 @@ from nodeorch.errors import NodeorchError
 from nodeorch.faces.http_api import ApiServer
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.service_runner import ServiceRunner
-from nodeorch.spec.desired import DesiredStatus, load_desired
-from nodeorch.spec.node_config import ConfigFileError, NodeConfig, is_loopback
+from nodeorch.spec.desired import DesiredStatus
+from nodeorch.spec.desired_watcher import DesiredWatcher
+from nodeorch.spec.node_config import NodeConfig, is_loopback
 from nodeorch.spec.secret_files import KeyringFileError, load_keyring, load_token
 from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
-from nodeorch.state.node_document import DocumentError, NodeDocument, encode_document, encode_labels
+from nodeorch.state.node_document import NodeDocument, encode_labels
 from nodeorch.state.records import HealthVerdict, InstanceRecord
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
 LEAVE_TIMEOUT = 5.0
-DESIRED_POLL = 2.0
 MAX_META = 512
 JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
 
@@ -67,23 +69,26 @@ class Agent:
         self.draining = False
         self.started_at = time.time()
         self.boot_id = secrets.token_hex(8)
-        self.desired = DesiredStatus(None)
-        self._desired_mtime: float | None = None
+        self._desired = DesiredWatcher(self.name, config.desired_path, self.events)
         self._node: GossipNode | None = None
-        self._version = 0
-        self._publish_lock = asyncio.Lock()
+        self._publisher: DocumentPublisher | None = None
         self.jobs = JobTable()
-        self._instances: tuple[InstanceRecord, ...] = ()
-        self._health: tuple[HealthVerdict, ...] = ()
         self._runner: ServiceRunner | None = None
 
     # Views for the status endpoint -------------------------------------------------------------------
+
+    @property
+    def desired(self) -> DesiredStatus:
+        return self._desired.status
 
     @property
     def node(self) -> GossipNode:
         if self._node is None:
             raise RuntimeError("the agent is not running")
         return self._node
+
+    def gossip_stats(self) -> Mapping[str, int]:
+        return self.node.stats()
 
     def members(self) -> list[Member]:
         return sorted(self.node.members(), key=lambda m: m.name)
@@ -136,7 +141,7 @@ class Agent:
         config = self.config
         keyring = self._keyring()
         token = self._api_token()
-        self._load_desired(initial=True)
+        self._desired.reload(force=True)
         async with AsyncExitStack() as stack:
             try:
                 self._node = await stack.enter_async_context(
@@ -170,8 +175,9 @@ class Agent:
                 "process": ProcessDriver(config.node.data_dir, self.name, host),
                 "docker": DockerDriver(self.name, host),
             }, expect=config.cluster.expect, expect_timeout=config.cluster.expect_timeout)
-            self._instances = await self._runner.adopt()
-            await self.publish()
+            self._publisher = DocumentPublisher(self._first_document(), self.documents, self.events,
+                                                self.node.set_app_state)
+            await self.publish(instances=await self._runner.adopt())
             joined = await self._join_seeds()
             notify("READY=1\nSTATUS=joined; serving on " + api.where)
             self.events.append("agent.started", node=self.name, api=api.where)
@@ -180,7 +186,7 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self._pump(stream)),
-                    tasks.create_task(self._watch_desired()),
+                    tasks.create_task(self._desired.watch(self._desired_changed)),
                     tasks.create_task(self._runner.run()),
                 ]
                 if not joined:
@@ -235,38 +241,19 @@ class Agent:
 
     # Documents -----------------------------------------------------------------------------------------
 
-    def own_document(self) -> NodeDocument:
-        desired = self.desired.state
-        return NodeDocument(
-            name=self.name,
-            version=self._version,
-            boot_id=self.boot_id,
-            agent_version=__version__,
-            labels=dict(self.config.node.labels),
-            draining=self.draining,
-            desired_revision=desired.revision if desired else None,
-            desired_digest=desired.digest if desired else "",
-            desired_error=self.desired.error,
-            api=self.config.api.listen,
-            updated_at=time.time(),
-            instances=self._instances,
-            health=self._health,
-        )
+    def _first_document(self) -> NodeDocument:
+        return NodeDocument(name=self.name, version=0, boot_id=self.boot_id, agent_version=__version__,
+                            labels=dict(self.config.node.labels), api=self.config.api.listen)
 
-    async def publish(self) -> None:
-        """Write this node's document and gossip it; an oversized one is refused and logged."""
-        async with self._publish_lock:
-            self._version = max(self._version + 1, int(time.time() * 1000))
-            document = self.own_document()
-            try:
-                data = encode_document(document)
-            except DocumentError as error:
-                self.documents.drops["oversized_own"] += 1
-                log.error("%s: not publishing: %s", self.name, error)
-                self.events.append("document.refused", node=self.name, error=str(error))
-                return
-            self.documents.store_own(document)
-            await self.node.set_app_state(data)
+    async def publish(self, **sections: Any) -> None:
+        """Gossip this node's document with its current header and the given sections."""
+        if self._publisher is None:
+            raise RuntimeError("the agent is not running")
+        desired = self.desired.state
+        await self._publisher.publish(
+            draining=self.draining, desired_revision=desired.revision if desired else None,
+            desired_digest=desired.digest if desired else "", desired_error=self.desired.error, **sections,
+        )
 
     def placement(self) -> list[Assignment]:
         """The whole cluster's placement as this node computes it now."""
@@ -284,9 +271,7 @@ class Agent:
     async def publish_instances(
         self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None:
-        self._instances = records
-        self._health = health
-        await self.publish()
+        await self.publish(instances=records, health=health)
 
     def _trigger(self) -> None:
         if self._runner is not None:
@@ -317,45 +302,6 @@ class Agent:
 
     # Desired state ---------------------------------------------------------------------------------------
 
-    def _load_desired(self, *, initial: bool = False) -> bool:
-        """Re-read desired.toml if it changed; True if what we publish changed."""
-        path = self.config.desired_path
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            mtime = None
-        if not initial and mtime == self._desired_mtime:
-            return False
-        self._desired_mtime = mtime
-        try:
-            state = load_desired(path)
-        except ConfigFileError as error:
-            changed = self.desired.error != str(error)
-            self.desired = DesiredStatus(self.desired.state, str(error))
-            if changed:
-                log.error("%s: desired state refused, keeping the last good one: %s", self.name, error)
-                self.events.append("desired.error", error=str(error))
-            return changed
-        if self.desired.state == state and not self.desired.error:
-            return False
-        self.desired = DesiredStatus(state)
-        self.events.append("desired.loaded", revision=state.revision, digest=state.digest)
-        log.info("%s: desired state revision %d (%s)", self.name, state.revision, state.digest)
-        return True
-
-    async def _watch_desired(self) -> None:
-        loop = asyncio.get_running_loop()
-        reload = asyncio.Event()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, reload.set)
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DESIRED_POLL):
-                    await reload.wait()
-            forced = reload.is_set()
-            reload.clear()
-            if forced:
-                self._desired_mtime = None
-            if self._load_desired(initial=forced):
-                await self.publish()
-                self._trigger()
+    async def _desired_changed(self) -> None:
+        await self.publish()
+        self._trigger()

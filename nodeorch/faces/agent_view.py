@@ -3,9 +3,10 @@ the agent itself (and can be tested against a small stand-in)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
-from gossip import GossipNode, Member
+from gossip import Member
 from nodeorch.core.placement import Assignment
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.spec.desired import DesiredStatus
@@ -23,12 +24,13 @@ class AgentView(Protocol):
     events: EventLog
     jobs: JobTable
     documents: DocumentStore
-    desired: DesiredStatus
 
     @property
-    def node(self) -> GossipNode: ...
+    def desired(self) -> DesiredStatus: ...
 
     def members(self) -> list[Member]: ...
+
+    def gossip_stats(self) -> Mapping[str, int]: ...
 
     def stale(self, name: str) -> bool: ...
 

@@ -82,7 +82,7 @@ def member_json(member: Any) -> dict[str, Any]:
 
 def status_json(agent: AgentView) -> dict[str, Any]:
     counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
-    for member in agent.node.members():
+    for member in agent.members():
         counts[member.state.label] += 1
     desired = agent.desired.state
     return {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Mapping
 
 from nodeorch.faces.agent_view import AgentView
 
@@ -24,6 +26,44 @@ class _Writer:
         self.lines.append(f"{name}{{{inner}}} {value}" if inner else f"{name} {value}")
 
 
+_EVENTS = {
+    "suspicions": "suspicion", "deaths_declared": "death_declared", "refutations": "refutation",
+    "push_pulls": "push_pull", "stalls": "stall", "reannouncements": "reannouncement",
+    "name_conflicts": "name_conflict", "stranger_syncs": "stranger_sync", "app_pulls": "app_pull",
+}
+"""Gossip counters that count protocol events, and the label each gets."""
+
+
+def _gossip(out: _Writer, stats: Mapping[str, int]) -> None:
+    for what, unit in (("bytes", "Bytes"), ("packets", "UDP packets"), ("streams", "TCP streams")):
+        name = f"nodeorch_gossip_{what}_total"
+        out.family(name, "counter", f"{unit} of gossip traffic, by direction")
+        for direction in ("in", "out"):
+            out.sample(name, stats.get(f"{what}_{direction}", 0), direction=direction)
+    out.family("nodeorch_gossip_probes_total", "counter",
+               "Probe rounds by outcome: acked, failed (no ack), unreachable (the host refused the port)")
+    unreachable = stats.get("probes_unreachable", 0)
+    out.sample("nodeorch_gossip_probes_total", stats.get("probes_acked", 0), result="acked")
+    out.sample("nodeorch_gossip_probes_total", stats.get("probe_failures", 0) - unreachable, result="failed")
+    out.sample("nodeorch_gossip_probes_total", unreachable, result="unreachable")
+    out.family("nodeorch_gossip_probe_fallbacks_total", "counter", "Indirect probes and TCP pings sent")
+    out.sample("nodeorch_gossip_probe_fallbacks_total", stats.get("indirect_probes", 0), kind="indirect")
+    out.sample("nodeorch_gossip_probe_fallbacks_total", stats.get("tcp_pings", 0), kind="tcp")
+    out.family("nodeorch_gossip_dropped_total", "counter", "Packets and streams dropped, by reason")
+    for key in sorted(k for k in stats if k.startswith("drop_")):
+        out.sample("nodeorch_gossip_dropped_total", stats[key], reason=key[5:])
+    out.family("nodeorch_gossip_send_errors_total", "counter", "Packets that could not be sent, by kind")
+    out.sample("nodeorch_gossip_send_errors_total", stats.get("send_errors", 0), kind="send")
+    out.sample("nodeorch_gossip_send_errors_total", stats.get("udp_errors", 0), kind="icmp")
+    out.family("nodeorch_gossip_events_total", "counter", "Protocol events: suspicions, deaths declared, ...")
+    for key, label in _EVENTS.items():
+        out.sample("nodeorch_gossip_events_total", stats.get(key, 0), event=label)
+    out.family("nodeorch_gossip_awareness", "gauge", "Lifeguard local health score (0 is healthy)")
+    out.sample("nodeorch_gossip_awareness", stats.get("awareness", 0))
+    out.family("nodeorch_gossip_queued_broadcasts", "gauge", "Updates waiting to be gossiped")
+    out.sample("nodeorch_gossip_queued_broadcasts", stats.get("queued_broadcasts", 0))
+
+
 def render_metrics(agent: AgentView) -> str:
     out = _Writer()
     out.family("nodeorch_up", "gauge", "1 while the agent loop runs")
@@ -31,23 +71,14 @@ def render_metrics(agent: AgentView) -> str:
     out.family("nodeorch_uptime_seconds", "gauge", "Seconds since the agent started")
     out.sample("nodeorch_uptime_seconds", round(time.time() - agent.started_at, 3))
     out.family("nodeorch_members", "gauge", "Members by state, as this node sees them")
-    counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
-    for member in agent.node.members():
-        counts[member.state.label] += 1
-    for state, count in counts.items():
-        out.sample("nodeorch_members", count, state=state)
-    stats = agent.node.stats()
-    out.family("nodeorch_gossip_total", "counter", "Gossip counters: packets, bytes, probes, suspicions, drops")
-    for key in sorted(k for k in stats if k not in ("awareness", "queued_broadcasts")):
-        out.sample("nodeorch_gossip_total", stats[key], counter=key)
-    out.family("nodeorch_gossip_awareness", "gauge", "Lifeguard local health score (0 is healthy)")
-    out.sample("nodeorch_gossip_awareness", stats.get("awareness", 0))
-    out.family("nodeorch_gossip_queued_broadcasts", "gauge", "Updates waiting to be gossiped")
-    out.sample("nodeorch_gossip_queued_broadcasts", stats.get("queued_broadcasts", 0))
+    members = Counter(member.state.label for member in agent.members())
+    for state in ("alive", "suspect", "dead", "left"):
+        out.sample("nodeorch_members", members[state], state=state)
+    _gossip(out, agent.gossip_stats())
     out.family("nodeorch_document_version", "gauge", "Version of each node's document held here")
     for name, document in sorted(agent.documents.items()):
         out.sample("nodeorch_document_version", document.version, node=name)
-    out.family("nodeorch_documents_refused_total", "counter", "Documents refused, by reason")
+    out.family("nodeorch_documents_refused_total", "counter", "Documents (or their records) refused, by reason")
     for reason in ("invalid", "wrong_owner", "oversized_own", "unknown_records"):
         out.sample("nodeorch_documents_refused_total", agent.documents.drops[reason], reason=reason)
     desired = agent.desired.state
@@ -57,9 +88,15 @@ def render_metrics(agent: AgentView) -> str:
     out.sample("nodeorch_desired_error", 1 if agent.desired.error else 0)
     out.family("nodeorch_draining", "gauge", "1 while this node is draining")
     out.sample("nodeorch_draining", 1 if agent.draining else 0)
-    out.family("nodeorch_jobs", "gauge", "Jobs in the job table, by state")
-    for state, count in agent.jobs.counts().items():
-        out.sample("nodeorch_jobs", count, state=state)
+    out.family("nodeorch_jobs", "gauge", "Jobs in this node's job table, by kind and state")
+    jobs = Counter((job.kind, job.state.value) for job in agent.jobs.jobs())
+    for (kind, state), count in sorted(jobs.items()):
+        out.sample("nodeorch_jobs", count, kind=kind, state=state)
+    out.family("nodeorch_instances", "gauge", "This node's service instances, by state and health")
+    own = agent.documents.get(agent.name)
+    instances = Counter((r.state.value, r.health.value) for r in (own.instances if own else ()))
+    for (state, health), count in sorted(instances.items()):
+        out.sample("nodeorch_instances", count, state=state, health=health)
     out.family("nodeorch_events_total", "counter", "Events recorded in the event log")
     out.sample("nodeorch_events_total", agent.events.last_seq)
     return "\n".join(out.lines) + "\n"

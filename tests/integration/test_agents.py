@@ -127,7 +127,8 @@ async def test_every_endpoint_answers_in_its_documented_shape(trio: list[AgentPr
 
     text = await get(a, "/metrics")
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert {"nodeorch_members", "nodeorch_gossip", "nodeorch_document_version", "nodeorch_up"} <= set(families)
+    assert {"nodeorch_members", "nodeorch_gossip_bytes", "nodeorch_gossip_probes", "nodeorch_document_version",
+            "nodeorch_up"} <= set(families)
     alive = [s for s in families["nodeorch_members"].samples if s.labels == {"state": "alive"}]
     assert alive[0].value == 3
     assert {s.labels["node"] for s in families["nodeorch_document_version"].samples} == {"node-1", "node-2", "node-3"}

@@ -1,0 +1,115 @@
+"""The status endpoint's JSON and /metrics, read from a small stand-in for the agent (AgentView)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gossip import Member, MemberState
+from nodeorch.core.placement import Assignment
+from nodeorch.faces.agent_view import AgentView
+from nodeorch.faces.http_api import services_json, status_json
+from nodeorch.faces.metrics import render_metrics
+from nodeorch.reconcile.job_table import JobTable
+from nodeorch.spec.desired import DesiredStatus, parse_desired
+from nodeorch.spec.node_config import parse_node_config
+from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.state.document_store import DocumentStore
+from nodeorch.state.event_log import EventLog
+from nodeorch.state.node_document import NodeDocument, encode_document
+from nodeorch.state.records import HealthStatus, InstancePhase, InstanceRecord
+
+DESIRED = parse_desired(b'revision = 4\n[[service]]\nname = "web"\ncommand = ["web"]\nscale = 2\n')
+
+
+class StandIn:
+    """Three members (one dead), documents from two live nodes and one dead one, a few jobs."""
+
+    def __init__(self) -> None:
+        self.name = "a"
+        self.config = parse_node_config('[cluster]\nname = "prod"\n', hostname=lambda: "a")
+        self.started_at = 0.0
+        self.draining = False
+        self.events = EventLog()
+        self.jobs = JobTable()
+        self.documents = DocumentStore("a")
+        web = (InstanceRecord("web", "0", InstancePhase.RUNNING, health=HealthStatus.HEALTHY),)
+        self.documents.store_own(NodeDocument("a", 1, "x", desired_digest=DESIRED.digest, instances=web))
+        self.documents.receive("b", encode_document(NodeDocument(
+            "b", 1, "x", desired_digest="other", instances=(InstanceRecord("web", "1", InstancePhase.STARTING),))))
+        self.documents.receive("c", encode_document(NodeDocument(
+            "c", 1, "x", instances=(InstanceRecord("old", "0", InstancePhase.RUNNING),))))
+        for kind, target in (("start", "web/0"), ("start", "web/1"), ("stop", "old/0")):
+            self.jobs.add(kind, target, 0.0)
+        self.jobs.mark_running(self.jobs.jobs()[0], 1.0)
+
+    @property
+    def desired(self) -> DesiredStatus:
+        return DesiredStatus(DESIRED)
+
+    def members(self) -> list[Member]:
+        states = {"a": MemberState.ALIVE, "b": MemberState.ALIVE, "c": MemberState.DEAD}
+        return [Member(n, ("127.0.0.1", 1), b"", 0, s, 0.0) for n, s in states.items()]
+
+    def gossip_stats(self) -> Mapping[str, int]:
+        return {"bytes_in": 10, "bytes_out": 20, "packets_in": 1, "packets_out": 2, "probes": 9, "probes_acked": 6,
+                "probe_failures": 3, "probes_unreachable": 1, "drop_bad_envelope": 4, "suspicions": 2}
+
+    def stale(self, name: str) -> bool:
+        return name == "c"
+
+    def differing_digests(self) -> list[str]:
+        return ["b"]
+
+    def placement(self) -> list[Assignment]:
+        return [Assignment("web", "0", "a"), Assignment("web", "1", "b")]
+
+    def desired_services(self) -> tuple[ServiceSpec, ...]:
+        return DESIRED.services
+
+    async def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+
+
+def view() -> AgentView:
+    return StandIn()
+
+
+def test_status_counts_members_and_jobs_and_names_differing_nodes() -> None:
+    status = status_json(view())
+    assert status["node"] == "a" and status["cluster"] == "prod"
+    assert status["members"] == {"alive": 2, "suspect": 0, "dead": 1, "left": 0}
+    assert status["desired"] == {"revision": 4, "digest": DESIRED.digest, "error": None}
+    assert status["digest_differs"] == ["b"]
+    assert status["jobs"] == {"pending": 2, "running": 1, "succeeded": 0, "failed": 0}
+
+
+def test_services_show_live_nodes_instances_and_skip_dead_nodes() -> None:
+    (web,) = services_json(view())
+    assert web["name"] == "web" and web["desired"] == 2
+    assert [(i["slot"], i["node"], i["state"], i["health"]) for i in web["instances"]] == [
+        ("0", "a", "running", "healthy"), ("1", "b", "starting", "unknown")]
+
+
+def test_metrics_have_one_family_per_meaning_and_follow_the_naming_rules() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(render_metrics(view()))}
+    for family in families.values():
+        assert family.type in ("counter", "gauge"), family.name
+        assert family.name.startswith("nodeorch_")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    counters = [s.name for f in families.values() if f.type == "counter" for s in f.samples]
+    assert counters and all(name.endswith("_total") for name in counters)
+    assert samples[("nodeorch_gossip_bytes_total", (("direction", "out"),))] == 20
+    assert samples[("nodeorch_gossip_packets_total", (("direction", "in"),))] == 1
+    probes = {dict(k[1])["result"]: v for k, v in samples.items() if k[0] == "nodeorch_gossip_probes_total"}
+    assert probes == {"acked": 6, "failed": 2, "unreachable": 1}
+    assert samples[("nodeorch_gossip_dropped_total", (("reason", "bad_envelope"),))] == 4
+    assert samples[("nodeorch_gossip_events_total", (("event", "suspicion"),))] == 2
+    assert samples[("nodeorch_jobs", (("kind", "start"), ("state", "pending")))] == 1
+    assert samples[("nodeorch_jobs", (("kind", "start"), ("state", "running")))] == 1
+    assert samples[("nodeorch_instances", (("health", "healthy"), ("state", "running")))] == 1
+    assert samples[("nodeorch_members", (("state", "dead"),))] == 1
+    names = Counter(f.name for f in text_string_to_metric_families(render_metrics(view())))
+    assert max(names.values()) == 1, "each family is declared once"
