@@ -18,9 +18,7 @@ import os
 import struct
 from collections import Counter
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from gossip._aead import Aes256Gcm, AuthenticationFailed
 from gossip._errors import ConfigError, DecodeError, KeyringError
 from gossip._replay import ReplayGuard
 
@@ -67,7 +65,7 @@ class Keyring:
         if not parsed:
             raise KeyringError("a keyring needs at least one key")
         self._keys: list[bytes] = []
-        self._ciphers: dict[bytes, AESGCM] = {}
+        self._ciphers: dict[bytes, Aes256Gcm] = {}
         for key in parsed:
             self.install(key)
 
@@ -84,7 +82,7 @@ class Keyring:
         key = parse_key(key)
         if key not in self._ciphers:
             self._keys.append(key)
-            self._ciphers[key] = AESGCM(key)
+            self._ciphers[key] = Aes256Gcm(key)
 
     def use(self, key: bytes | str) -> None:
         """Seal with this (installed) key from now on."""
@@ -102,7 +100,7 @@ class Keyring:
             self._keys.remove(key)
             del self._ciphers[key]
 
-    def cipher(self, key: bytes) -> AESGCM:
+    def cipher(self, key: bytes) -> Aes256Gcm:
         return self._ciphers[key]
 
 
@@ -178,7 +176,7 @@ class Sealer:
         for key in self.keyring.keys:
             try:
                 payload = self.keyring.cipher(key).decrypt(nonce, body, aad)
-            except InvalidTag:
+            except AuthenticationFailed:
                 continue
             break
         else:

@@ -220,15 +220,15 @@ class GossipCore:
     # Timers --------------------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        """When tick() next has work to do; the driver sleeps until then or until input arrives."""
-        deadline = min(
-            self._next_probe,
-            self._next_gossip,
-            self._next_push_pull,
-            self._next_reconnect,
-            self._next_reap,
-        )
-        if self._probe is not None:
+        """When tick() next has work to do; the driver sleeps until then or until input arrives.
+
+        Idle wake-ups are the idle cost: the gossip timer counts only while updates wait to go out,
+        and an acked probe has no deadline left worth waking for. Stall detection measures lateness
+        against the other deadlines only: the gossip one may lie in the past when an update arrives
+        after a quiet spell, which is no sign that this node was stopped.
+        """
+        deadline = min(self._next_probe, self._next_push_pull, self._next_reconnect, self._next_reap)
+        if self._probe is not None and not self._probe.acked:
             deadline = min(
                 deadline,
                 self._probe.end_deadline if self._probe.escalated else self._probe.direct_deadline,
@@ -238,7 +238,7 @@ class GossipCore:
         for timer in self._suspicions.values():
             deadline = min(deadline, timer.deadline)
         self._announced = deadline
-        return deadline
+        return min(deadline, self._next_gossip) if self._queue else deadline
 
     def tick(self, now: float) -> list[Action]:
         out: list[Action] = []
@@ -258,7 +258,7 @@ class GossipCore:
             self._suspicion_expired(now, name, out)
         if now >= self._next_probe:
             self._start_probe(now, out)
-        if now >= self._next_gossip:
+        if self._queue and now >= self._next_gossip:
             self._next_gossip = now + self.config.gossip_interval
             self._gossip(now, out)
         if now >= self._next_push_pull:
