@@ -1,0 +1,124 @@
+"""The volume processes: `python -m drivers.volumes replica ...` and `... engine ...`.
+
+    replica --dir DIR --listen HOST:PORT [--keyring FILE | --insecure] [--cluster NAME] [--status-file F]
+    engine --volume NAME --size SIZE --replica HOST:PORT [--replica ...] --listen unix:PATH|HOST:PORT
+           [--listen ...] [--keyring FILE | --insecure] [--cluster NAME] [--replica-timeout 8s]
+           [--status-file F]
+
+Exit codes: 0 stopped cleanly (SIGTERM or SIGINT); 1 the volume cannot be served (no majority,
+fenced); 2 usage or configuration. With --status-file, the process rewrites a JSON status
+(size, epoch, members, I/O counters) every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from drivers.volumes._client import split_address
+from drivers.volumes._engine import Engine
+from drivers.volumes._errors import NoQuorum, VolumeError
+from drivers.volumes._nbd_server import NbdServer
+from drivers.volumes._replica_server import ReplicaServer
+from drivers.volumes._sizes import parse_seconds, parse_size
+from drivers.volumes._store import write_atomically
+from drivers.volumes._wire import Secrets, load_keys
+
+log = logging.getLogger("drivers.volumes")
+STATUS_INTERVAL = 1.0
+
+
+def _secrets(args: argparse.Namespace) -> Secrets:
+    if args.insecure == bool(args.keyring):
+        raise VolumeError("give exactly one of --keyring FILE and --insecure")
+    return Secrets(args.cluster, () if args.insecure else load_keys(Path(args.keyring)))
+
+
+async def _until_stopped(status: Callable[[], dict[str, Any]], status_file: str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    while not stop.is_set():
+        if status_file:
+            write_atomically(Path(status_file), json.dumps(status()).encode())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STATUS_INTERVAL):
+                await stop.wait()
+
+
+async def run_replica(args: argparse.Namespace) -> int:
+    host, port = split_address(args.listen)
+    async with ReplicaServer(Path(args.dir), host, port, _secrets(args)) as server:
+        print(f"replica server on {server.address} serving {args.dir}", file=sys.stderr, flush=True)
+        await _until_stopped(lambda: {"address": server.address, "drops": dict(server.drops),
+                                      "replicas": [m.to_json() for m in server.store.volumes()]}, args.status_file)
+    return 0
+
+
+async def run_engine(args: argparse.Namespace) -> int:
+    engine = Engine(args.volume, parse_size(args.size), args.replica, _secrets(args),
+                    parse_seconds(args.replica_timeout))
+    try:
+        await engine.start()
+    except NoQuorum as error:
+        print(f"engine {args.volume}: cannot serve: {error}", file=sys.stderr)
+        await engine.close()
+        return 1
+    try:
+        async with NbdServer(engine, args.listen) as nbd:
+            print(f"engine {args.volume}: serving NBD on {', '.join(nbd.addresses)}", file=sys.stderr, flush=True)
+            await _until_stopped(lambda: {**engine.status.to_json(), "nbd": nbd.addresses,
+                                          "drops": dict(nbd.drops)}, args.status_file)
+    finally:
+        await engine.close()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m drivers.volumes", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = p.add_subparsers(dest="command", required=True)
+    for name in ("replica", "engine"):
+        c = commands.add_parser(name)
+        c.add_argument("--keyring", help="the cluster keyring (one base64 key per line, the first in use)")
+        c.add_argument("--insecure", action="store_true", help="no authentication (test beds only)")
+        c.add_argument("--cluster", default="default")
+        c.add_argument("--status-file", help="rewrite a JSON status here every second")
+        c.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        if name == "replica":
+            c.add_argument("--dir", required=True)
+            c.add_argument("--listen", required=True, help="HOST:PORT")
+        else:
+            c.add_argument("--volume", required=True)
+            c.add_argument("--size", required=True, help="e.g. 512MiB, 2GiB")
+            c.add_argument("--replica", action="append", required=True, help="HOST:PORT, once per replica")
+            c.add_argument("--listen", action="append", required=True, help="unix:PATH or HOST:PORT")
+            c.add_argument("--replica-timeout", default="8s")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run_replica(args) if args.command == "replica" else run_engine(args))
+    except VolumeError as error:
+        print(f"{args.command}: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"{args.command}: {error.strerror or error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""An engine's connection to one replica server: authenticated, pipelined, in order.
+
+A request is written to the socket the moment it is made (before any await), so requests reach the
+replica in the order the engine made them. Any connection problem fails every pending request
+with ReplicaLost and the client stays closed: the engine ejects the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from drivers.volumes._errors import Fenced, ProtocolError, VolumeError
+from drivers.volumes._wire import STATUS_FENCED, STATUS_OK, Secrets, client_handshake, encode_frame, read_frame
+
+Reply = asyncio.Future[tuple[int, dict[str, Any], bytes]]
+"""(status, header, data) of one request."""
+
+
+class ReplicaLost(VolumeError):
+    """The replica server cannot be reached, or the connection broke."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise VolumeError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class ReplicaClient:
+    def __init__(self, address: str, secrets: Secrets, on_lost: Callable[[str, str], None] | None = None) -> None:
+        self.address = address
+        self._on_lost = on_lost
+        self._secrets = secrets
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, Reply] = {}
+        self._ids = itertools.count(1)
+        self.closed_because = ""
+
+    async def connect(self, timeout: float) -> None:
+        host, port = split_address(self.address)
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    await client_handshake(reader, writer, self._secrets)
+                except BaseException:
+                    writer.close()
+                    raise
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as error:
+            raise ReplicaLost(f"{self.address}: {error or type(error).__name__}") from None
+        except ProtocolError as error:
+            raise ReplicaLost(f"{self.address}: {error}") from None
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read(reader))
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self.closed_because
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                request_id, status, header, data = await read_frame(reader)
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result((status, header, data))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, ProtocolError) as error:
+            self._fail(f"connection lost: {error or type(error).__name__}")
+            if self._on_lost is not None:
+                self._on_lost(self.address, self.closed_because)
+
+    def _fail(self, reason: str) -> None:
+        if not self.closed_because:
+            self.closed_because = reason
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because}"))
+        self._pending.clear()
+        if self._writer is not None:
+            self._writer.close()
+
+    def send(self, op: int, header: dict[str, Any], data: bytes = b"") -> Reply:
+        """Write the request now; the future resolves with (status, header, data)."""
+        loop = asyncio.get_running_loop()
+        future: Reply = loop.create_future()
+        if self._writer is None or self.closed_because:
+            future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because or 'not connected'}"))
+            return future
+        request_id = next(self._ids)
+        self._pending[request_id] = future
+        self._writer.write(encode_frame(request_id, op, header, data))
+        return future
+
+    async def call(self, op: int, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        status, answer, payload = await self.send(op, header, data)
+        if status == STATUS_OK:
+            return answer, payload
+        message = f"{self.address}: {answer.get('error', 'refused')}"
+        raise Fenced(message) if status == STATUS_FENCED else VolumeError(message)
+
+    def close(self, reason: str = "closed") -> None:
+        self._fail(reason)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task

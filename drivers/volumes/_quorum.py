@@ -1,0 +1,57 @@
+"""The engine's rules, without I/O: majorities, where to start from, and what a new engine claims.
+
+Every count is against the configured replica count, never against the replicas that happen to
+answer: with 3 configured, 2 must hold a write before it is acknowledged, whatever has failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from drivers.volumes._errors import NoQuorum
+from drivers.volumes._store import ReplicaMeta
+
+
+def majority(configured: int) -> int:
+    return configured // 2 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class StartPlan:
+    members: tuple[str, ...]
+    """The replicas the engine serves from and writes to (read-write)."""
+    stale: tuple[str, ...]
+    """Reachable replicas left out: behind the others, or of another member set (need a rebuild)."""
+    create: bool
+    """No replica holds the volume yet: create it on the members."""
+    epoch: int
+    """The epoch to claim: one above the highest any reachable replica has seen."""
+    set_version: int
+
+
+def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None]) -> StartPlan:
+    """Where a starting engine begins. `found`: every reachable replica, with its metadata (None:
+    it holds no replica of the volume). NoQuorum, naming the replicas needed, when it cannot."""
+    need = majority(len(configured))
+    holding = {address: meta for address, meta in found.items() if meta is not None}
+    unreachable = [a for a in configured if a not in found]
+    if not holding:
+        if len(found) < need:
+            raise NoQuorum(f"{len(found)} of {len(configured)} replicas reachable, {need} needed to create the "
+                           f"volume; unreachable: {', '.join(unreachable)}")
+        return StartPlan(tuple(a for a in configured if a in found), (), True, 1, 1)
+    best = max(holding.values(), key=lambda m: m.rank)
+    last_set = best.members or tuple(holding)
+    current = tuple(a for a in configured if a in holding
+                    and (holding[a].epoch, holding[a].set_version) == (best.epoch, best.set_version)
+                    and a in last_set)
+    if len(current) < majority(len(last_set)) or len(current) < need:
+        missing = [a for a in last_set if a not in current]
+        raise NoQuorum(f"only {len(current)} up-to-date replicas of the last member set "
+                       f"({', '.join(last_set)}) answer; {max(need, majority(len(last_set)))} needed. Bring back "
+                       f"{', '.join(missing)}, or salvage from a replica you trust")
+    stale = tuple(a for a in configured if a in found and a not in current)
+    changed = set(current) != set(last_set)
+    epoch = max(m.epoch for m in holding.values()) + 1
+    return StartPlan(current, stale, False, epoch, best.set_version + (1 if changed else 0))

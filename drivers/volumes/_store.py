@@ -1,0 +1,207 @@
+"""Replicas on disk: a sparse data file and its metadata, per volume, in one directory.
+
+`NAME.img` holds the blocks (pwrite; FLUSH and FUA end in fdatasync). `NAME.meta` holds the
+volume id, size, epoch, member set and its version, the last sequence number made durable, and a
+clean flag; it is written atomically (temp file, fsync, rename, fsync of the directory). A request
+carrying an epoch lower than the replica's is refused (Fenced): once a new engine claimed the
+volume, the old one cannot write another block here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import secrets
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from drivers.volumes._errors import Fenced, VolumeError
+
+VOLUME_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaMeta:
+    volume: str
+    size: int
+    volume_id: str
+    epoch: int = 0
+    members: tuple[str, ...] = ()
+    set_version: int = 0
+    seq: int = 0
+    """The highest write sequence made durable here (by a FLUSH or a FUA write)."""
+    clean: bool = True
+    """False from the first write after opening until a clean close."""
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        """Which replica's data is newest: the engine starts from the highest."""
+        return (self.epoch, self.set_version, self.seq)
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "members": list(self.members)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, object]) -> ReplicaMeta:
+        try:
+            members = raw["members"]
+            assert isinstance(members, list) and all(isinstance(m, str) for m in members)
+            meta = cls(str(raw["volume"]), int(raw["size"]), str(raw["volume_id"]),  # type: ignore[call-overload]
+                       int(raw["epoch"]), tuple(members), int(raw["set_version"]),  # type: ignore[call-overload]
+                       int(raw["seq"]), bool(raw["clean"]))  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError, AssertionError) as error:
+            raise VolumeError(f"replica metadata is damaged: {error!r}") from None
+        return meta
+
+
+def check_volume_name(name: str) -> str:
+    if not VOLUME_NAME.match(name):
+        raise VolumeError(f"{name!r} is not a volume name (lowercase letters, digits and '-', at most 64)")
+    return name
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content, never a mix."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class Replica:
+    """One volume's replica in a directory, open for I/O."""
+
+    def __init__(self, directory: Path, meta: ReplicaMeta) -> None:
+        self.directory = directory
+        self.meta = meta
+        self._meta_path = directory / f"{meta.volume}.meta"
+        self._fd = os.open(directory / f"{meta.volume}.img", os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._fd).st_size != meta.size:
+            os.ftruncate(self._fd, meta.size)
+        self.seq = meta.seq
+        """The highest write sequence applied (durable or not)."""
+
+    def _save(self, meta: ReplicaMeta) -> None:
+        write_atomically(self._meta_path, json.dumps(meta.to_json()).encode())
+        self.meta = meta
+
+    def _check(self, epoch: int) -> None:
+        if epoch < self.meta.epoch:
+            raise Fenced(f"{self.meta.volume}: epoch {epoch} is older than this replica's {self.meta.epoch}")
+
+    def _dirty(self) -> None:
+        if self.meta.clean:
+            self._save(replace(self.meta, clean=False))
+
+    def claim(self, epoch: int, members: tuple[str, ...], set_version: int) -> None:
+        """A new engine takes the volume: from now on, lower epochs are refused."""
+        if epoch <= self.meta.epoch:
+            raise Fenced(f"{self.meta.volume}: epoch {epoch} does not exceed this replica's {self.meta.epoch}")
+        self._save(replace(self.meta, epoch=epoch, members=members, set_version=set_version, seq=self.seq))
+
+    def set_members(self, epoch: int, members: tuple[str, ...], set_version: int) -> None:
+        self._check(epoch)
+        if set_version < self.meta.set_version:
+            raise VolumeError(f"{self.meta.volume}: member-set version {set_version} is older than "
+                              f"{self.meta.set_version}")
+        self._save(replace(self.meta, members=members, set_version=set_version, seq=self.seq))
+
+    def write(self, epoch: int, offset: int, data: bytes, seq: int, fua: bool) -> None:
+        self._check(epoch)
+        self._bounds(offset, len(data))
+        self._dirty()
+        os.pwrite(self._fd, data, offset)
+        self.seq = max(self.seq, seq)
+        if fua:
+            self.flush(epoch)
+
+    def zero(self, epoch: int, offset: int, length: int, seq: int) -> None:
+        """The range reads back as zeros, and its blocks are given back to the filesystem."""
+        self._check(epoch)
+        self._bounds(offset, length)
+        self._dirty()
+        if length and _libc.fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            os.pwrite(self._fd, bytes(length), offset)  # a filesystem without hole punching
+        self.seq = max(self.seq, seq)
+
+    def read(self, epoch: int, offset: int, length: int) -> bytes:
+        self._check(epoch)
+        self._bounds(offset, length)
+        data = os.pread(self._fd, length, offset)
+        return data + bytes(length - len(data))
+
+    def flush(self, epoch: int) -> None:
+        """Everything written so far is durable, and so is the sequence number that says so."""
+        self._check(epoch)
+        os.fdatasync(self._fd)
+        if self.seq != self.meta.seq:
+            self._save(replace(self.meta, seq=self.seq))
+
+    def _bounds(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.meta.size:
+            raise VolumeError(f"{self.meta.volume}: {offset}+{length} is outside its {self.meta.size} bytes")
+
+    def close(self, clean: bool = True) -> None:
+        """Make everything durable and mark the replica clean."""
+        with contextlib.suppress(OSError):
+            os.fdatasync(self._fd)
+            if clean:
+                self._save(replace(self.meta, seq=self.seq, clean=True))
+        os.close(self._fd)
+
+
+class ReplicaStore:
+    """Every replica in one directory (a node's replica server serves them all)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def meta(self, volume: str) -> ReplicaMeta | None:
+        path = self.directory / f"{check_volume_name(volume)}.meta"
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as error:
+            raise VolumeError(f"{path}: not readable metadata: {error}") from None
+        if not isinstance(raw, dict):
+            raise VolumeError(f"{path}: not readable metadata")
+        return ReplicaMeta.from_json(raw)
+
+    def volumes(self) -> list[ReplicaMeta]:
+        found = []
+        for path in sorted(self.directory.glob("*.meta")):
+            with contextlib.suppress(VolumeError):
+                meta = self.meta(path.stem)
+                if meta is not None:
+                    found.append(meta)
+        return found
+
+    def open(self, volume: str, size: int, *, create: bool) -> Replica:
+        """Open a replica; with `create`, an absent one is created empty (epoch 0)."""
+        meta = self.meta(volume)
+        if meta is None:
+            if not create:
+                raise VolumeError(f"no replica of {volume!r} here")
+            meta = ReplicaMeta(volume, size, secrets.token_hex(8))
+            write_atomically(self.directory / f"{volume}.meta", json.dumps(meta.to_json()).encode())
+        elif meta.size != size:
+            raise VolumeError(f"{volume}: the replica holds {meta.size} bytes, the engine asks for {size}")
+        return Replica(self.directory, meta)

@@ -1,0 +1,113 @@
+"""The volume data path's pure parts: NBD option answers and request checks, where an engine
+starts from, and the replica store's fencing and metadata."""
+
+from __future__ import annotations
+
+import errno
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from drivers.volumes import _nbd
+from drivers.volumes._errors import Fenced, NoQuorum, VolumeError
+from drivers.volumes._quorum import majority, plan_start
+from drivers.volumes._sizes import parse_seconds, parse_size
+from drivers.volumes._store import ReplicaMeta, ReplicaStore
+
+EXPORTS = {"db": 1 << 20}
+
+
+def go(name: str, option: int = _nbd.OPT_GO) -> _nbd.OptionOutcome:
+    data = struct.pack(">I", len(name)) + name.encode() + struct.pack(">H", 0)
+    return _nbd.handle_option(option, data, EXPORTS, no_zeroes=True)
+
+
+def test_go_info_and_list_answer_for_the_named_and_the_default_export() -> None:
+    assert go("db").export == "db" and go("").export == "db", "the default export is the volume"
+    info = go("db", _nbd.OPT_INFO)
+    assert info.export is None and struct.pack(">HQH", 0, 1 << 20, _nbd.TRANSMISSION_FLAGS) in info.reply
+    listing = _nbd.handle_option(_nbd.OPT_LIST, b"", EXPORTS, True)
+    assert b"db" in listing.reply and listing.reply.endswith(_nbd.option_reply(_nbd.OPT_LIST, _nbd.REP_ACK))
+
+
+def test_bad_and_unknown_options_get_errors_and_keep_the_session() -> None:
+    unknown = go("other")
+    assert unknown.export is None and not unknown.close
+    assert struct.unpack_from(">I", unknown.reply, 12)[0] == _nbd.REP_ERR_UNKNOWN
+    truncated = _nbd.handle_option(_nbd.OPT_GO, b"\x00\x00\x00\x09db", EXPORTS, True)
+    assert struct.unpack_from(">I", truncated.reply, 12)[0] == _nbd.REP_ERR_INVALID and not truncated.close
+    unsupported = _nbd.handle_option(99, b"", EXPORTS, True)
+    assert struct.unpack_from(">I", unsupported.reply, 12)[0] == _nbd.REP_ERR_UNSUP
+    assert _nbd.handle_option(_nbd.OPT_ABORT, b"", EXPORTS, True).close
+    assert _nbd.handle_option(_nbd.OPT_EXPORT_NAME, b"nope", EXPORTS, True).close
+
+
+def request(command: int, offset: int, length: int, flags: int = 0) -> _nbd.Request:
+    return _nbd.Request(flags, command, 7, offset, length)
+
+
+def test_every_offset_and_length_is_checked() -> None:
+    size = 1 << 20
+    assert _nbd.check_request(request(_nbd.Command.READ, 0, 4096), size) == 0
+    assert _nbd.check_request(request(_nbd.Command.READ, size - 1, 2), size) == errno.EINVAL
+    assert _nbd.check_request(request(_nbd.Command.WRITE, size, 1), size) == errno.ENOSPC
+    assert _nbd.check_request(request(_nbd.Command.READ, 0, _nbd.MAX_PAYLOAD + 1), size) == errno.EOVERFLOW
+    assert _nbd.check_request(request(_nbd.Command.FLUSH, 1, 0), size) == errno.EINVAL
+    assert _nbd.check_request(request(9, 0, 0), size) == errno.EINVAL
+    assert _nbd.check_request(request(_nbd.Command.WRITE, 0, 1, flags=1 << 7), size) == errno.EINVAL
+    with pytest.raises(ValueError, match="magic"):
+        _nbd.parse_request(b"\x00" * 28)
+
+
+def meta(epoch: int, set_version: int, seq: int, members: tuple[str, ...]) -> ReplicaMeta:
+    return ReplicaMeta("db", 1 << 20, "id", epoch, members, set_version, seq)
+
+
+def test_an_engine_starts_from_the_last_member_set_and_claims_a_higher_epoch() -> None:
+    a, b, c = "a:1", "b:1", "c:1"
+    assert majority(3) == 2 and majority(2) == 2 and majority(5) == 3
+    fresh = plan_start([a, b, c], {a: None, b: None})
+    assert fresh.create and fresh.members == (a, b) and fresh.epoch == 1
+    plan = plan_start([a, b, c], {a: meta(3, 5, 90, (a, c)), b: meta(3, 4, 80, (a, b, c)), c: meta(3, 5, 91, (a, c))})
+    assert plan.members == (a, c) and plan.stale == (b,) and plan.epoch == 4 and plan.set_version == 5
+
+
+def test_without_a_majority_of_the_last_set_the_engine_refuses_naming_the_replicas() -> None:
+    a, b, c = "a:1", "b:1", "c:1"
+    with pytest.raises(NoQuorum, match=r"Bring back c:1"):
+        plan_start([a, b, c], {a: meta(3, 5, 90, (a, c)), b: meta(3, 4, 80, (a, b, c))})
+    with pytest.raises(NoQuorum, match="1 of 3 replicas reachable"):
+        plan_start([a, b, c], {a: None})
+
+
+def test_a_replica_refuses_older_epochs_and_keeps_its_metadata_across_reopen(tmp_path: Path) -> None:
+    store = ReplicaStore(tmp_path)
+    replica = store.open("db", 1 << 20, create=True)
+    replica.claim(2, ("a:1",), 1)
+    replica.write(2, 0, b"x" * 512, seq=1, fua=True)
+    with pytest.raises(Fenced):
+        replica.write(1, 0, b"y" * 512, seq=2, fua=False)
+    with pytest.raises(Fenced):
+        replica.claim(2, ("b:1",), 1)
+    with pytest.raises(VolumeError, match="outside"):
+        replica.read(2, (1 << 20) - 1, 2)
+    replica.zero(2, 0, 512, seq=2)
+    assert replica.read(2, 0, 512) == bytes(512)
+    replica.close()
+    saved = json.loads((tmp_path / "db.meta").read_text())
+    assert (saved["epoch"], saved["seq"], saved["clean"]) == (2, 2, True)
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+    again = ReplicaStore(tmp_path).open("db", 1 << 20, create=False)
+    assert again.meta.epoch == 2 and again.meta.members == ("a:1",)
+    with pytest.raises(VolumeError, match="holds 1048576 bytes"):
+        ReplicaStore(tmp_path).open("db", 2 << 20, create=False)
+
+
+def test_sizes_and_durations() -> None:
+    assert parse_size("512MiB") == 512 << 20 and parse_size("2GiB") == 2 << 30 and parse_size("4096") == 4096
+    for bad in ("10GB", "-1MiB", "100", "0"):
+        with pytest.raises(VolumeError):
+            parse_size(bad)
+    assert parse_seconds("8s") == 8.0 and parse_seconds("500ms") == 0.5
