@@ -324,8 +324,10 @@ class GossipNode:
             return
         deadline = self._core.next_deadline()
         if self._timer is not None:
-            if deadline >= self._timer_at - 0.0005:
+            if abs(deadline - self._timer_at) < 0.0005:
                 return
+            # Sooner: wake earlier. Later (an acked probe's deadline is gone): a wake-up now would
+            # find nothing to do, and idle wake-ups are the idle cost.
             self._timer.cancel()
         assert self._loop is not None
         self._timer_at = deadline

@@ -14,20 +14,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.volumes._client import ReplicaClient, ReplicaLost, Reply
+from drivers.volumes._dirty_map import CHUNK, DirtyMap
 from drivers.volumes._errors import NoQuorum, VolumeError
 from drivers.volumes._quorum import StartPlan, majority, plan_start
 from drivers.volumes._store import ReplicaMeta, check_volume_name
-from drivers.volumes._wire import OP_CLAIM, OP_FLUSH, OP_MEMBERS, OP_OPEN, OP_READ, OP_WRITE, OP_ZERO, Secrets
+from drivers.volumes._wire import (
+    OP_ADOPT,
+    OP_CLAIM,
+    OP_DIGEST,
+    OP_EXTENTS,
+    OP_FLUSH,
+    OP_MEMBERS,
+    OP_OPEN,
+    OP_READ,
+    OP_WRITE,
+    OP_ZERO,
+    Secrets,
+)
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
+REPAIR_INTERVAL = 2.0
+"""How often replicas outside the member set are tried again (and rebuilt when they answer)."""
+DEFAULT_REBUILD_RATE = 200 * 1024 * 1024
+REBUILD_PARALLEL = 8
+
+
+@dataclass(slots=True)
+class RebuildProgress:
+    total: int
+    full: bool
+    done: int = 0
+    sent: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"progress": round(self.done / self.total, 4) if self.total else 1.0, "bytes_sent": self.sent,
+                "kind": "full" if self.full else "missed chunks"}
 
 
 @dataclass(slots=True)
@@ -41,18 +72,20 @@ class EngineStatus:
     stale: tuple[str, ...] = ()
     fault: str = ""
     io: Counter[str] = field(default_factory=Counter)
+    rebuilds: dict[str, RebuildProgress] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"volume": self.volume, "size": self.size, "epoch": self.epoch, "set_version": self.set_version,
                 "configured": list(self.configured), "members": list(self.members), "stale": list(self.stale),
                 "state": "faulted" if self.fault else ("healthy" if len(self.members) == len(self.configured)
                                                         else "degraded"),
-                "fault": self.fault or None, "io": dict(self.io)}
+                "fault": self.fault or None, "io": dict(self.io),
+                "rebuilds": {address: r.to_json() for address, r in self.rebuilds.items()}}
 
 
 class Engine:
     def __init__(self, volume: str, size: int, replicas: list[str], secrets: Secrets,
-                 replica_timeout: float = 8.0) -> None:
+                 replica_timeout: float = 8.0, rebuild_rate: float = DEFAULT_REBUILD_RATE) -> None:
         if not replicas:
             raise VolumeError("an engine needs at least one --replica")
         if len(set(replicas)) != len(replicas):
@@ -68,6 +101,14 @@ class Engine:
         self._settled.set()
         self._background: set[asyncio.Future[Any]] = set()
         self._ejecting: set[str] = set()
+        self._write_only: set[str] = set()
+        self._missed: dict[str, DirtyMap] = {}
+        """Per replica outside the member set: the chunks written without it (known only for
+        replicas this engine ejected; others are rebuilt in full, skipping what already matches)."""
+        self._rebuilds: dict[str, asyncio.Task[None]] = {}
+        self._chunk_locks: dict[int, asyncio.Lock] = {}
+        self._volume_id = ""
+        self.rebuild_rate = rebuild_rate
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -100,6 +141,11 @@ class Engine:
         self.status.epoch, self.status.set_version = plan.epoch, plan.set_version
         self.status.members, self.status.stale = members, plan.stale
         self._seq = max((m.seq for m in found.values() if m is not None), default=0)
+        self._volume_id = next((m.volume_id for a, m in found.items() if m is not None and a in members), "")
+        if not self._volume_id:
+            opened = await self._open(members[0])
+            self._volume_id = opened.volume_id if opened else ""
+        self._start_background(self._repair_loop())
         log.info("%s: serving at epoch %d from %s (set version %d)%s", self.status.volume, plan.epoch,
                  ", ".join(members), plan.set_version,
                  f"; left out: {', '.join(plan.stale)}" if plan.stale else "")
@@ -138,31 +184,66 @@ class Engine:
         if self.status.fault:
             raise NoQuorum(self.status.fault)
 
-    async def _guard(self, address: str, future: Reply) -> tuple[dict[str, Any], bytes] | None:
-        """One replica's answer, or None after ejecting it (failure or timeout)."""
+    async def _guard(self, address: str, future: Reply,
+                     span: tuple[int, int] | None = None) -> tuple[dict[str, Any], bytes] | None:
+        """One replica's answer, or None after ejecting it (failure or timeout); a write it did
+        not take is remembered for its catch-up."""
         try:
             async with asyncio.timeout(self._timeout):
                 status, answer, data = await future
         except TimeoutError:
-            self._begin_eject(address, f"no answer within {self._timeout:g}s")
-            return None
+            reason = f"no answer within {self._timeout:g}s"
         except ReplicaLost as error:
-            self._begin_eject(address, str(error))
-            return None
-        if status == 0:
-            return answer, data
-        if status == 2:
-            self._fence(f"{address} holds a newer epoch: {answer.get('error')}")
+            reason = str(error)
         else:
-            self._begin_eject(address, str(answer.get("error")))
+            if status == 0:
+                return answer, data
+            if status == 2:
+                self._fence(f"{address} holds a newer epoch: {answer.get('error')}")
+                return None
+            reason = str(answer.get("error"))
+        self._missed_by(address, span)
+        self._begin_eject(address, reason)
         return None
 
-    async def _quorum(self, op: int, header: dict[str, Any], data: bytes = b"") -> None:
-        """Send to every member; return once a majority of the configured replicas holds it."""
+    def _start_background(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _missed_by(self, address: str, span: tuple[int, int] | None) -> None:
+        """`address` did not get a write to `span`: remember it for its catch-up."""
+        if span is not None:
+            self._missed.setdefault(address, DirtyMap(self.status.size)).mark(*span)
+
+    @contextlib.asynccontextmanager
+    async def _chunks_locked(self, span: tuple[int, int] | None) -> AsyncIterator[None]:
+        """While a rebuild runs, a write waits for the chunks it touches to be out of its copy."""
+        if span is None or not self._rebuilds or span[1] <= 0:
+            yield
+            return
+        first, last = span[0] // CHUNK, (span[0] + span[1] - 1) // CHUNK
+        locks = [self._chunk_locks.setdefault(c, asyncio.Lock()) for c in range(first, last + 1)]
+        async with contextlib.AsyncExitStack() as stack:
+            for lock in locks:
+                await stack.enter_async_context(lock)
+            yield
+
+    async def _quorum(self, op: int, header: dict[str, Any], data: bytes = b"",
+                      span: tuple[int, int] | None = None) -> None:
+        """Send to every member (and to replicas being rebuilt); return once a majority of the
+        configured replicas holds it. `span`: the range a write changes."""
         self._check_serving()
         header = {"volume": self.status.volume, "epoch": self.status.epoch, **header}
-        guards = [asyncio.ensure_future(self._guard(a, self._clients[a].send(op, header, data)))
-                  for a in self.members]
+        async with self._chunks_locked(span):
+            for address in self.status.configured:
+                if address not in self.members and address not in self._write_only:
+                    self._missed_by(address, span)
+            guards = [asyncio.ensure_future(self._guard(a, self._clients[a].send(op, header, data), span))
+                      for a in self.members]
+            for address in list(self._write_only):
+                self._start_background(self._guard(address, self._clients[address].send(op, header, data), span))
         ok = failed = 0
         pending = set(guards)
         while pending and ok < self._need and failed <= len(guards) - self._need:
@@ -190,6 +271,11 @@ class Engine:
 
     def _begin_eject(self, address: str, reason: str) -> None:
         """Start ejecting `address`; acknowledgements wait until every ejection is done."""
+        if address in self._write_only:
+            self._write_only.discard(address)
+            log.warning("%s: replica %s dropped out of its rebuild: %s", self.status.volume, address, reason)
+            self._clients[address].close(f"rebuild failed: {reason}")
+            return
         if address not in self.members or address in self._ejecting or self.status.fault:
             return
         self._ejecting.add(address)
@@ -235,13 +321,13 @@ class Engine:
 
     async def write(self, offset: int, data: bytes, fua: bool) -> None:
         self._seq += 1
-        await self._quorum(OP_WRITE, {"offset": offset, "seq": self._seq, "fua": fua}, data)
+        await self._quorum(OP_WRITE, {"offset": offset, "seq": self._seq, "fua": fua}, data, (offset, len(data)))
         self.status.io["write_ops"] += 1
         self.status.io["write_bytes"] += len(data)
 
     async def zero(self, offset: int, length: int, fua: bool) -> None:
         self._seq += 1
-        await self._quorum(OP_ZERO, {"offset": offset, "length": length, "seq": self._seq})
+        await self._quorum(OP_ZERO, {"offset": offset, "length": length, "seq": self._seq}, span=(offset, length))
         if fua:
             await self.flush()
 
@@ -266,7 +352,113 @@ class Engine:
         with contextlib.suppress(VolumeError):
             if self.members and not self.status.fault:
                 await self.flush()
-        for task in list(self._background):
+        for task in [*self._background, *self._rebuilds.values()]:
             task.cancel()
         for client in self._clients.values():
             await client.aclose()
+
+    # Repair -----------------------------------------------------------------------------------------
+
+    async def _repair_loop(self) -> None:
+        """Replicas outside the member set are tried again; one that answers is rebuilt online."""
+        while not self.status.fault:
+            await asyncio.sleep(REPAIR_INTERVAL)
+            for address in self.status.configured:
+                if address in self.members or address in self._rebuilds or address in self._ejecting:
+                    continue
+                try:
+                    meta = await self._open(address)
+                    if meta is None:
+                        meta = await self._open(address, create=True)
+                except VolumeError as error:
+                    log.debug("%s: replica %s still unavailable: %s", self.status.volume, address, error)
+                    continue
+                task = asyncio.create_task(self._rebuild(address, meta))
+                self._rebuilds[address] = task
+                task.add_done_callback(functools.partial(self._rebuild_done, address))
+
+    def _rebuild_done(self, address: str, task: asyncio.Task[None]) -> None:
+        self._rebuilds.pop(address, None)
+
+    async def _rebuild(self, address: str, meta: ReplicaMeta | None) -> None:
+        """Bring `address` up to date while the volume serves, then make it a member again."""
+        missed = self._missed.get(address)
+        full = missed is None or meta is None or meta.volume_id != self._volume_id
+        if full:
+            missed = self._missed[address] = DirtyMap(self.status.size, all_dirty=True)
+        assert missed is not None
+        progress = self.status.rebuilds[address] = RebuildProgress(missed.count() * CHUNK, full)
+        client = self._clients[address]
+        log.info("%s: rebuilding %s (%s, %d chunks)", self.status.volume, address,
+                 "full copy" if full else "the chunks it missed", missed.count())
+        try:
+            await client.call(OP_ADOPT, {"volume": self.status.volume, "epoch": self.status.epoch})
+            self._write_only.add(address)
+            limit = asyncio.Semaphore(REBUILD_PARALLEL)
+            started = asyncio.get_running_loop().time()
+
+            async def copy(chunk: int) -> None:
+                async with limit:
+                    if address not in self._write_only:
+                        raise ReplicaLost(f"{address}: dropped out during its rebuild")
+                    moved = await self._copy_chunk(address, chunk, missed, full)
+                    progress.done += CHUNK
+                    progress.sent += moved
+                    wait = started + progress.sent / self.rebuild_rate - asyncio.get_running_loop().time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+
+            async with asyncio.TaskGroup() as copies:
+                for chunk in list(missed.dirty()):
+                    copies.create_task(copy(chunk))
+            self.status.io["rebuild_bytes"] += progress.sent
+            self.status.io["rebuilds"] += 1
+            await self._promote(address)
+            log.info("%s: %s rebuilt (%d bytes sent) and back in the member set", self.status.volume, address,
+                     progress.sent)
+        except (VolumeError, TimeoutError, ExceptionGroup) as error:
+            log.warning("%s: rebuild of %s stopped: %s", self.status.volume, address, error)
+            self._write_only.discard(address)
+            client.close("rebuild stopped")
+        finally:
+            self.status.rebuilds.pop(address, None)
+
+    async def _copy_chunk(self, address: str, chunk: int, missed: DirtyMap, full: bool) -> int:
+        """Copy one chunk from a member to `address` (holes as holes, matching chunks skipped in a
+        full rebuild); returns the bytes sent. Writes to the chunk wait meanwhile."""
+        offset, length = missed.span(chunk)
+        async with self._chunks_locked((offset, length)):
+            source = self._clients[self.members[0]]
+            target = self._clients[address]
+            where = {"volume": self.status.volume, "epoch": self.status.epoch, "offset": offset, "length": length}
+            async with asyncio.timeout(self._timeout):
+                extents, _ = await source.call(OP_EXTENTS, where)
+                sent = 0
+                if not extents.get("extents"):  # a hole: zero it there, never read it
+                    await target.call(OP_ZERO, {**where, "seq": self._seq})
+                elif full and (await source.call(OP_DIGEST, where))[1] == (await target.call(OP_DIGEST, where))[1]:
+                    pass  # already the same there
+                else:
+                    _, data = await source.call(OP_READ, where)
+                    await target.call(OP_WRITE, {**where, "seq": self._seq, "fua": False}, data)
+                    sent = len(data)
+            missed.clear(chunk)
+            return sent
+
+    async def _promote(self, address: str) -> None:
+        """A rebuilt replica joins the member set: the new set and its version go to every member."""
+        async with self._membership:
+            self._check_serving()
+            await self._clients[address].call(OP_FLUSH, {"volume": self.status.volume, "epoch": self.status.epoch})
+            members = tuple(a for a in self.status.configured if a in self.members or a == address)
+            version = self.status.set_version + 1
+            header = {"volume": self.status.volume, "epoch": self.status.epoch, "members": list(members),
+                      "set_version": version}
+            results = await asyncio.gather(*(self._members_update(a, header) for a in members),
+                                           return_exceptions=True)
+            if sum(1 for r in results if r is True) < self._need:
+                raise NoQuorum(f"{address}: the new member set did not reach a majority")
+            self.status.members, self.status.set_version = members, version
+            self.status.stale = tuple(a for a in self.status.stale if a != address)
+            self._write_only.discard(address)
+            self._missed.pop(address, None)

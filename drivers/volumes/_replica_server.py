@@ -19,7 +19,10 @@ from typing import Any, Self
 from drivers.volumes._errors import Fenced, ProtocolError, VolumeError
 from drivers.volumes._store import Replica, ReplicaStore, check_volume_name
 from drivers.volumes._wire import (
+    OP_ADOPT,
     OP_CLAIM,
+    OP_DIGEST,
+    OP_EXTENTS,
     OP_FLUSH,
     OP_MEMBERS,
     OP_OPEN,
@@ -111,6 +114,14 @@ class ReplicaServer:
         if op == OP_CLAIM:
             replica.claim(epoch, _members(header), field(header, "set_version", int))
             return {"meta": replica.meta.to_json()}, b""
+        if op == OP_ADOPT:
+            replica.adopt(epoch)
+            return {"meta": replica.meta.to_json()}, b""
+        if op == OP_DIGEST:
+            return {}, replica.digest(epoch, field(header, "offset", int), field(header, "length", int))
+        if op == OP_EXTENTS:
+            found = replica.extents(epoch, field(header, "offset", int), field(header, "length", int))
+            return {"extents": [list(e) for e in found]}, b""
         if op == OP_MEMBERS:
             replica.set_members(epoch, _members(header), field(header, "set_version", int))
             return {}, b""

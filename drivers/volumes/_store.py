@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -114,6 +115,37 @@ class Replica:
         if epoch <= self.meta.epoch:
             raise Fenced(f"{self.meta.volume}: epoch {epoch} does not exceed this replica's {self.meta.epoch}")
         self._save(replace(self.meta, epoch=epoch, members=members, set_version=set_version, seq=self.seq))
+
+    def adopt(self, epoch: int) -> None:
+        """A running engine takes this replica in to rebuild it: its epoch fences older engines,
+        but its member set and version stay behind until the rebuild completes, so a restart in
+        the middle never mistakes it for a complete copy."""
+        self._check(epoch)
+        self._dirty()
+        if epoch != self.meta.epoch:
+            self._save(replace(self.meta, epoch=epoch))
+
+    def digest(self, epoch: int, offset: int, length: int) -> bytes:
+        """SHA-256 of a range, so a rebuild can skip chunks that already match."""
+        return hashlib.sha256(self.read(epoch, offset, length)).digest()
+
+    def extents(self, epoch: int, offset: int, length: int) -> list[tuple[int, int]]:
+        """The (offset, length) ranges holding data within a range; holes read as zeros and need
+        no copying (SEEK_DATA / SEEK_HOLE)."""
+        self._check(epoch)
+        self._bounds(offset, length)
+        end, found, position = offset + length, [], offset
+        while position < end:
+            try:
+                start = os.lseek(self._fd, position, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after position
+                break
+            if start >= end:
+                break
+            stop = min(os.lseek(self._fd, start, os.SEEK_HOLE), end)
+            found.append((start, stop - start))
+            position = stop
+        return found
 
     def set_members(self, epoch: int, members: tuple[str, ...], set_version: int) -> None:
         self._check(epoch)

@@ -1,0 +1,69 @@
+"""Online rebuild, as an operator sees it: a replica that comes back catches up on only what it
+missed; an empty replacement is rebuilt in full without reading holes; fio keeps verifying while a
+rebuild runs; afterwards every replica holds the same blocks."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+from .test_volume_data_path import fio_with_a_fault
+from .volumes import VolumeRig, io_ok, volume_rig, wait_until
+
+
+def healthy_with_all(rig: VolumeRig, engine_status: dict[str, object]) -> bool:
+    return engine_status.get("state") == "healthy" and engine_status.get("members") == rig.replica_addresses
+
+
+def same_blocks(folder: Path, volume: str = "vol") -> bool:
+    images = [(folder / f"r{i}" / f"{volume}.img").read_bytes() for i in range(3)]
+    return images[0] == images[1] == images[2]
+
+
+def test_a_returning_replica_gets_only_the_chunks_it_missed(tmp_path: Path) -> None:
+    with volume_rig(tmp_path) as rig:
+        engine = rig.start_engine(size="64MiB", timeout="2s")
+        assert io_ok(engine.qemu_io("write -P 0x01 0 8M", "flush"))
+        rig.replicas[2].signal(signal.SIGKILL)
+        written = 2 << 20
+        assert io_ok(engine.qemu_io("write -P 0x02 16M 1M", "write -P 0x03 40M 1M", "flush"))
+        wait_until(lambda: engine.status().get("state") == "degraded")
+        rig.restart_replica(2)
+        wait_until(lambda: healthy_with_all(rig, engine.status()), 30)
+        sent = engine.status()["io"]["rebuild_bytes"]
+        print(f"catch-up sent {sent} bytes for {written} bytes written while the replica was away")
+        assert 0 < sent <= 2 * written
+        assert same_blocks(tmp_path)
+
+
+def test_an_empty_replacement_is_rebuilt_in_full_without_reading_holes(tmp_path: Path) -> None:
+    with volume_rig(tmp_path) as rig:
+        engine = rig.start_engine(size="64MiB", timeout="2s")
+        assert io_ok(engine.qemu_io("write -P 0x0a 0 2M", "write -P 0x0b 30M 1M", "flush"))
+        rig.replicas[2].kill()
+        shutil.rmtree(tmp_path / "r2")  # the disk was replaced
+        assert io_ok(engine.qemu_io("write -P 0x0c 50M 1M", "flush"))
+        wait_until(lambda: engine.status().get("state") == "degraded")
+        rig.restart_replica(2)
+        wait_until(lambda: healthy_with_all(rig, engine.status()), 30)
+        sent = engine.status()["io"]["rebuild_bytes"]
+        assert sent == 4 << 20, f"only the 4 MiB of data moved, not the 64 MiB volume ({sent})"
+        assert same_blocks(tmp_path)
+        rig.replicas[0].kill()  # the rebuilt replica now carries the volume with one other
+        check = engine.qemu_io("read -P 0x0a 0 2M", "read -P 0x0b 30M 1M", "read -P 0x0c 50M 1M", "read -P 0 60M 1M")
+        assert io_ok(check), check.stdout + check.stderr
+
+
+def test_fio_verifies_while_a_replica_is_rebuilt(tmp_path: Path) -> None:
+    with volume_rig(tmp_path) as rig:
+        engine = rig.start_engine(size="64MiB", timeout="3s")
+        assert io_ok(engine.qemu_io("write -P 0x5c 0 32M", "flush"))
+        rig.replicas[1].kill()
+        shutil.rmtree(tmp_path / "r1")
+        wait_until(lambda: engine.status().get("state") == "degraded")
+        fio = fio_with_a_fault(engine.uri, lambda: rig.restart_replica(1))
+        assert fio.returncode == 0 and "err= 0" in fio.stdout, fio.stdout[-3000:] + fio.stderr[-2000:]
+        wait_until(lambda: healthy_with_all(rig, engine.status()), 60)
+        assert io_ok(engine.qemu_io("flush"))
+        assert same_blocks(tmp_path)
