@@ -49,7 +49,7 @@ def _load() -> ctypes.CDLL:
             final = getattr(lib, f"EVP_{direction}Final_ex")
             final.restype, final.argtypes = ip, [vp, vp, ctypes.POINTER(ip)]
         lib.EVP_CIPHER_CTX_ctrl.restype = ip
-        lib.EVP_CIPHER_CTX_ctrl.argtypes = [vp, ip, ip, vp]
+        lib.EVP_CIPHER_CTX_ctrl.argtypes = [vp, ip, ip, cp]
         return lib
     raise GossipError("AES-256-GCM needs OpenSSL's libcrypto (libssl3 on Debian), and none was found")
 
@@ -73,6 +73,17 @@ class _Direction:
             raise MemoryError("EVP_CIPHER_CTX_new")
         if self.init(self.ctx, lib.EVP_aes_256_gcm(), None, key, None) != 1:
             raise GossipError(f"EVP_{name}Init_ex refused the key")
+        # Reused from message to message: allocations are most of the cost of a ctypes call.
+        self.size = ctypes.c_int(0)
+        self.size_ref = ctypes.byref(self.size)
+        self.tag = ctypes.create_string_buffer(TAG_SIZE)
+        self.scratch = ctypes.create_string_buffer(TAG_SIZE)
+        self.out = ctypes.create_string_buffer(2048)
+
+    def buffer(self, size: int) -> ctypes.Array[ctypes.c_char]:
+        if len(self.out) < size:
+            self.out = ctypes.create_string_buffer(size)
+        return self.out
 
     def __del__(self) -> None:
         if getattr(self, "ctx", None):
@@ -94,25 +105,22 @@ class Aes256Gcm:
     def _run(d: _Direction, nonce: bytes, data: bytes, aad: bytes, tag: bytes | None) -> bytes:
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"the nonce must be {NONCE_SIZE} bytes")
-        size = ctypes.c_int(0)
-        out = ctypes.create_string_buffer(len(data) + 16)
+        out = d.buffer(len(data) + TAG_SIZE)
         if d.init(d.ctx, None, None, None, nonce) != 1:
             raise AuthenticationFailed("nonce refused")
-        if aad and d.update(d.ctx, None, ctypes.byref(size), aad, len(aad)) != 1:
+        if aad and d.update(d.ctx, None, d.size_ref, aad, len(aad)) != 1:
             raise AuthenticationFailed("associated data refused")
-        if d.update(d.ctx, out, ctypes.byref(size), data, len(data)) != 1:
+        if d.update(d.ctx, out, d.size_ref, data, len(data)) != 1:
             raise AuthenticationFailed("data refused")
-        written = size.value
+        written = d.size.value
         if tag is not None:
-            d.ctrl(d.ctx, _CTRL_GCM_SET_TAG, TAG_SIZE, ctypes.create_string_buffer(tag, TAG_SIZE))
-        if d.final(d.ctx, ctypes.byref(out, written), ctypes.byref(size)) != 1:
+            d.ctrl(d.ctx, _CTRL_GCM_SET_TAG, TAG_SIZE, tag)
+        if d.final(d.ctx, d.scratch, d.size_ref) != 1:  # GCM writes nothing here; it checks the tag
             raise AuthenticationFailed("tag mismatch")
-        written += size.value
         if tag is not None:
-            return out.raw[:written]
-        tag_out = ctypes.create_string_buffer(TAG_SIZE)
-        d.ctrl(d.ctx, _CTRL_GCM_GET_TAG, TAG_SIZE, tag_out)
-        return out.raw[:written] + tag_out.raw
+            return ctypes.string_at(out, written)
+        d.ctrl(d.ctx, _CTRL_GCM_GET_TAG, TAG_SIZE, d.tag)
+        return ctypes.string_at(out, written) + d.tag.raw
 
     def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         return self._run(self._encrypt, nonce, data, aad, None)
