@@ -3,7 +3,11 @@
     replica --dir DIR --listen HOST:PORT [--keyring FILE | --insecure] [--cluster NAME] [--status-file F]
     engine --volume NAME --size SIZE --replica HOST:PORT [--replica ...] --listen unix:PATH|HOST:PORT
            [--listen ...] [--keyring FILE | --insecure] [--cluster NAME] [--replica-timeout 8s]
-           [--status-file F]
+           [--status-file F] [--rebuild-rate 200MiB]
+    salvage --volume NAME --size SIZE --replica HOST:PORT [...] --from HOST:PORT [--keyring FILE | --insecure]
+
+`salvage` is the only way past a lost majority: it takes the replica named by --from as the truth
+and copies it onto every other reachable replica, after which the engine starts as usual.
 
 Exit codes: 0 stopped cleanly (SIGTERM or SIGINT); 1 the volume cannot be served (no majority,
 fenced); 2 usage or configuration. With --status-file, the process rewrites a JSON status
@@ -66,7 +70,7 @@ async def run_replica(args: argparse.Namespace) -> int:
 
 async def run_engine(args: argparse.Namespace) -> int:
     engine = Engine(args.volume, parse_size(args.size), args.replica, _secrets(args),
-                    parse_seconds(args.replica_timeout))
+                    parse_seconds(args.replica_timeout), parse_size(args.rebuild_rate))
     try:
         await engine.start()
     except NoQuorum as error:
@@ -83,11 +87,25 @@ async def run_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_salvage(args: argparse.Namespace) -> int:
+    engine = Engine(args.volume, parse_size(args.size), args.replica, _secrets(args))
+    try:
+        members = await engine.salvage(args.trusted)
+    except NoQuorum as error:
+        print(f"salvage {args.volume}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await engine.close()
+    print(f"salvage {args.volume}: every replica now holds the data of {args.trusted}; members "
+          f"{', '.join(members)} at epoch {engine.status.epoch}. Start the engine as usual.", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m drivers.volumes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True)
-    for name in ("replica", "engine"):
+    for name in ("replica", "engine", "salvage"):
         c = commands.add_parser(name)
         c.add_argument("--keyring", help="the cluster keyring (one base64 key per line, the first in use)")
         c.add_argument("--insecure", action="store_true", help="no authentication (test beds only)")
@@ -101,8 +119,13 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--volume", required=True)
             c.add_argument("--size", required=True, help="e.g. 512MiB, 2GiB")
             c.add_argument("--replica", action="append", required=True, help="HOST:PORT, once per replica")
+        if name == "engine":
             c.add_argument("--listen", action="append", required=True, help="unix:PATH or HOST:PORT")
             c.add_argument("--replica-timeout", default="8s")
+            c.add_argument("--rebuild-rate", default="200MiB", help="bytes per second a rebuild may send")
+        if name == "salvage":
+            c.add_argument("--from", dest="trusted", required=True,
+                           help="HOST:PORT of the replica to trust; its data replaces every other copy")
     return p
 
 
@@ -111,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(run_replica(args) if args.command == "replica" else run_engine(args))
+        runner = {"replica": run_replica, "engine": run_engine, "salvage": run_salvage}[args.command]
+        return asyncio.run(runner(args))
     except VolumeError as error:
         print(f"{args.command}: {error}", file=sys.stderr)
         return 2

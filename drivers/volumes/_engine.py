@@ -119,15 +119,7 @@ class Engine:
     async def start(self) -> StartPlan:
         """Connect, find where to start from, claim a new epoch on a majority. NoQuorum if it cannot."""
         configured = self.status.configured
-        results = await asyncio.gather(*(self._open(a) for a in configured), return_exceptions=True)
-        found: dict[str, ReplicaMeta | None] = {}
-        for address, result in zip(configured, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, VolumeError):
-                    raise result
-                log.warning("%s: replica %s unavailable: %s", self.status.volume, address, result)
-                continue
-            found[address] = result
+        found = await self._found()
         plan = plan_start(configured, found)
         if plan.create:
             await asyncio.gather(*(self._open(a, create=True) for a in plan.members))
@@ -150,6 +142,50 @@ class Engine:
                  ", ".join(members), plan.set_version,
                  f"; left out: {', '.join(plan.stale)}" if plan.stale else "")
         return plan
+
+    async def _found(self) -> dict[str, ReplicaMeta | None]:
+        """Every reachable replica with its metadata (None: it holds no replica of the volume)."""
+        configured = self.status.configured
+        results = await asyncio.gather(*(self._open(a) for a in configured), return_exceptions=True)
+        found: dict[str, ReplicaMeta | None] = {}
+        for address, result in zip(configured, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, VolumeError):
+                    raise result
+                log.warning("%s: replica %s unavailable: %s", self.status.volume, address, result)
+                continue
+            found[address] = result
+        return found
+
+    async def salvage(self, trusted: str) -> tuple[str, ...]:
+        """The operator's way past a lost majority: take `trusted` as the truth, rebuild every other
+        reachable replica from it in full, and leave them a member set that an engine starts from.
+        Returns the new member set; NoQuorum when fewer than a majority could be made whole."""
+        if trusted not in self.status.configured:
+            raise VolumeError(f"{trusted} is not one of the --replica addresses")
+        found = await self._found()
+        base = found.get(trusted)
+        if base is None:
+            raise VolumeError(f"{trusted} is unreachable or holds no replica of {self.status.volume}")
+        known = [m for m in found.values() if m is not None]
+        self.status.epoch = max(m.epoch for m in known) + 1
+        self.status.set_version = max(m.set_version for m in known) + 1
+        self._volume_id, self._seq = base.volume_id, base.seq
+        plan = StartPlan((trusted,), (), False, self.status.epoch, self.status.set_version)
+        if not await self._claim(trusted, plan):
+            raise NoQuorum(f"{trusted} refused epoch {self.status.epoch}")
+        self.status.members = (trusted,)
+        for address, meta in found.items():
+            if address == trusted:
+                continue
+            if meta is None:
+                await self._open(address, create=True)
+            self._missed.pop(address, None)
+            await self._rebuild(address, None)  # in full: every chunk that differs from the trusted one
+        if len(self.members) < self._need:
+            raise NoQuorum(f"{self.status.volume}: only {', '.join(self.members)} could be made whole from "
+                           f"{trusted}; {self._need} replicas needed")
+        return self.members
 
     async def _open(self, address: str, create: bool = False) -> ReplicaMeta | None:
         client = self._clients.get(address)

@@ -5,6 +5,7 @@ failures, a lost majority, a second engine, and garbage on every port."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,3 +160,27 @@ def test_a_client_without_the_cluster_key_cannot_touch_a_replica(tmp_path: Path)
         assert result.returncode == 1 and "proved no key" not in result.stderr
         assert "cannot serve" in result.stderr
         assert not list(tmp_path.glob("r*/vol.meta")), "nothing was created on any replica"
+
+
+def test_salvage_is_the_explicit_way_past_a_lost_majority(tmp_path: Path) -> None:
+    with volume_rig(tmp_path) as rig:
+        first = rig.start_engine(size="32MiB", timeout="2s")
+        assert io_ok(first.qemu_io("write -P 0x71 0 1M", "flush"))
+        rig.replicas[1].kill()
+        rig.replicas[2].kill()
+        assert not io_ok(first.qemu_io("write -P 0x72 1M 64k")), "no majority: refused"
+        first.process.kill()
+        shutil.rmtree(tmp_path / "r1")  # one disk is gone for good; the other replica is behind
+        rig.restart_replica(1)
+        rig.restart_replica(2)
+        refused = rig.start_engine(size="32MiB", tag="b", wait=False)
+        assert refused.process.proc.wait(30) == 1, "without salvage the engine refuses"
+        trusted = rig.replica_addresses[0]
+        salvage = run(sys.executable, "-m", "drivers.volumes", "salvage", "--volume", "vol", "--size", "32MiB",
+                      *[arg for a in rig.replica_addresses for arg in ("--replica", a)], "--from", trusted,
+                      "--keyring", str(rig.keyring), "--cluster", "test", timeout=120)
+        assert salvage.returncode == 0, salvage.stderr
+        engine = rig.start_engine(size="32MiB", tag="c")
+        check = engine.qemu_io("read -P 0x71 0 1M")
+        assert io_ok(check), check.stdout + check.stderr
+        wait_until(lambda: engine.status().get("members") == rig.replica_addresses)
