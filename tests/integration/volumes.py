@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -179,3 +180,51 @@ def wait_until(check: Any, timeout: float = 15) -> None:
 
 def pids_alive(*processes: Process) -> bool:
     return all(p.proc.poll() is None for p in processes)
+
+
+@contextlib.contextmanager
+def block_device(engine: Engine, folder: Path) -> Iterator[str]:
+    """The volume as a kernel block device without the nbd module: nbdfuse exposes it as a file,
+    losetup makes that a loop device. Torn down in reverse order, whatever happened."""
+    if os.geteuid() != 0:
+        pytest.fail("a loop device needs root: run make test as root")
+    for tool, package in (("nbdfuse", "libnbd-bin"), ("losetup", "mount"), ("fusermount3", "fuse3"),
+                          ("mkfs.ext4", "e2fsprogs")):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: apt-get install {package} (make test installs it as root)")
+    if not Path("/dev/fuse").exists():
+        pytest.fail("/dev/fuse is missing: the volume tests attach through FUSE")
+    fuse_dir = folder / "fuse"
+    fuse_dir.mkdir()
+    image = fuse_dir / engine.name
+    fuse = subprocess.Popen(["nbdfuse", str(image), engine.uri], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    device = ""
+    try:
+        wait_until(image.exists, 15)
+        attached = run("losetup", "--find", "--show", "--direct-io=off", str(image))
+        if attached.returncode != 0:
+            raise AssertionError(f"losetup: {attached.stderr}")
+        device = attached.stdout.strip()
+        yield device
+    finally:
+        if device:
+            run("losetup", "-d", device)
+        run("fusermount3", "-u", str(fuse_dir))
+        try:
+            fuse.wait(10)
+        except subprocess.TimeoutExpired:
+            fuse.kill()
+            fuse.wait(10)
+
+
+@contextlib.contextmanager
+def mounted(device: str, where: Path) -> Iterator[Path]:
+    where.mkdir(exist_ok=True)
+    result = run("mount", device, str(where))
+    if result.returncode != 0:
+        raise AssertionError(f"mount: {result.stderr}")
+    try:
+        yield where
+    finally:
+        if run("umount", str(where)).returncode != 0:
+            run("umount", "-l", str(where))
