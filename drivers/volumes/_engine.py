@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.volumes._client import ReplicaClient, ReplicaLost, Reply
-from drivers.volumes._dirty_map import CHUNK, DirtyMap
+from drivers.volumes._dirty_map import BLOCK, REGION, DirtyMap
 from drivers.volumes._errors import NoQuorum, VolumeError
 from drivers.volumes._quorum import StartPlan, majority, plan_start
 from drivers.volumes._store import ReplicaMeta, check_volume_name
@@ -121,6 +122,8 @@ class Engine:
         configured = self.status.configured
         found = await self._found()
         plan = plan_start(configured, found)
+        self._volume_id = next((m.volume_id for a, m in found.items() if m is not None and a in plan.members),
+                               secrets.token_hex(8))
         if plan.create:
             await asyncio.gather(*(self._open(a, create=True) for a in plan.members))
         claimed = await asyncio.gather(*(self._claim(a, plan) for a in plan.members), return_exceptions=True)
@@ -133,10 +136,6 @@ class Engine:
         self.status.epoch, self.status.set_version = plan.epoch, plan.set_version
         self.status.members, self.status.stale = members, plan.stale
         self._seq = max((m.seq for m in found.values() if m is not None), default=0)
-        self._volume_id = next((m.volume_id for a, m in found.items() if m is not None and a in members), "")
-        if not self._volume_id:
-            opened = await self._open(members[0])
-            self._volume_id = opened.volume_id if opened else ""
         self._start_background(self._repair_loop())
         log.info("%s: serving at epoch %d from %s (set version %d)%s", self.status.volume, plan.epoch,
                  ", ".join(members), plan.set_version,
@@ -195,7 +194,7 @@ class Engine:
             self._clients[address] = client
         try:
             answer, _ = await client.call(OP_OPEN, {"volume": self.status.volume, "size": self.status.size,
-                                                    "create": create})
+                                                    "create": create, "volume_id": self._volume_id})
         except VolumeError as error:
             if "no replica" in str(error):
                 return None
@@ -259,7 +258,7 @@ class Engine:
         if span is None or not self._rebuilds or span[1] <= 0:
             yield
             return
-        first, last = span[0] // CHUNK, (span[0] + span[1] - 1) // CHUNK
+        first, last = span[0] // REGION, (span[0] + span[1] - 1) // REGION
         locks = [self._chunk_locks.setdefault(c, asyncio.Lock()) for c in range(first, last + 1)]
         async with contextlib.AsyncExitStack() as stack:
             for lock in locks:
@@ -419,34 +418,35 @@ class Engine:
     async def _rebuild(self, address: str, meta: ReplicaMeta | None) -> None:
         """Bring `address` up to date while the volume serves, then make it a member again."""
         missed = self._missed.get(address)
-        full = missed is None or meta is None or meta.volume_id != self._volume_id
+        fresh = meta is None
+        full = missed is None or fresh or meta is None or meta.volume_id != self._volume_id
         if full:
             missed = self._missed[address] = DirtyMap(self.status.size, all_dirty=True)
         assert missed is not None
-        progress = self.status.rebuilds[address] = RebuildProgress(missed.count() * CHUNK, full)
+        progress = self.status.rebuilds[address] = RebuildProgress(missed.count() * BLOCK, full)
         client = self._clients[address]
-        log.info("%s: rebuilding %s (%s, %d chunks)", self.status.volume, address,
-                 "full copy" if full else "the chunks it missed", missed.count())
+        log.info("%s: rebuilding %s (%s, %d blocks)", self.status.volume, address,
+                 "full copy" if full else "the blocks it missed", missed.count())
         try:
             await client.call(OP_ADOPT, {"volume": self.status.volume, "epoch": self.status.epoch})
             self._write_only.add(address)
             limit = asyncio.Semaphore(REBUILD_PARALLEL)
             started = asyncio.get_running_loop().time()
 
-            async def copy(chunk: int) -> None:
+            async def copy(region: int) -> None:
                 async with limit:
                     if address not in self._write_only:
                         raise ReplicaLost(f"{address}: dropped out during its rebuild")
-                    moved = await self._copy_chunk(address, chunk, missed, full)
-                    progress.done += CHUNK
+                    moved, covered = await self._copy_region(address, region, missed, full, fresh)
+                    progress.done += covered
                     progress.sent += moved
                     wait = started + progress.sent / self.rebuild_rate - asyncio.get_running_loop().time()
                     if wait > 0:
                         await asyncio.sleep(wait)
 
             async with asyncio.TaskGroup() as copies:
-                for chunk in list(missed.dirty()):
-                    copies.create_task(copy(chunk))
+                for region in list(missed.dirty_regions()):
+                    copies.create_task(copy(region))
             self.status.io["rebuild_bytes"] += progress.sent
             self.status.io["rebuilds"] += 1
             await self._promote(address)
@@ -459,27 +459,39 @@ class Engine:
         finally:
             self.status.rebuilds.pop(address, None)
 
-    async def _copy_chunk(self, address: str, chunk: int, missed: DirtyMap, full: bool) -> int:
-        """Copy one chunk from a member to `address` (holes as holes, matching chunks skipped in a
-        full rebuild); returns the bytes sent. Writes to the chunk wait meanwhile."""
-        offset, length = missed.span(chunk)
-        async with self._chunks_locked((offset, length)):
+    async def _copy_region(self, address: str, region: int, missed: DirtyMap, full: bool,
+                           fresh: bool) -> tuple[int, int]:
+        """Copy the dirty runs of one region from a member to `address`; returns (bytes sent,
+        bytes covered). Writes to the region wait meanwhile. In a full rebuild only the data extents
+        of the source move (holes are zeroed there, or left alone on a fresh replica, never read),
+        and an existing replica's ranges whose SHA-256 already matches are skipped."""
+        async with self._chunks_locked(missed.region_span(region)):
             source = self._clients[self.members[0]]
             target = self._clients[address]
-            where = {"volume": self.status.volume, "epoch": self.status.epoch, "offset": offset, "length": length}
+            base = {"volume": self.status.volume, "epoch": self.status.epoch}
+            sent = covered = 0
             async with asyncio.timeout(self._timeout):
-                extents, _ = await source.call(OP_EXTENTS, where)
-                sent = 0
-                if not extents.get("extents"):  # a hole: zero it there, never read it
-                    await target.call(OP_ZERO, {**where, "seq": self._seq})
-                elif full and (await source.call(OP_DIGEST, where))[1] == (await target.call(OP_DIGEST, where))[1]:
-                    pass  # already the same there
-                else:
-                    _, data = await source.call(OP_READ, where)
-                    await target.call(OP_WRITE, {**where, "seq": self._seq, "fua": False}, data)
-                    sent = len(data)
-            missed.clear(chunk)
-            return sent
+                for offset, length in missed.runs(region):
+                    covered += length
+                    where = {**base, "offset": offset, "length": length}
+                    pieces = [(offset, length)]
+                    if full:
+                        answer, _ = await source.call(OP_EXTENTS, where)
+                        pieces = [(int(o), int(n)) for o, n in answer.get("extents", [])]
+                        if not fresh:
+                            if not pieces:
+                                await target.call(OP_ZERO, {**where, "seq": self._seq})
+                                continue
+                            if (await source.call(OP_DIGEST, where))[1] == (await target.call(OP_DIGEST, where))[1]:
+                                continue
+                            pieces = [(offset, length)]  # holes inside it may hold stale data there
+                    for piece_offset, piece_length in pieces:
+                        piece = {**base, "offset": piece_offset, "length": piece_length}
+                        _, data = await source.call(OP_READ, piece)
+                        await target.call(OP_WRITE, {**piece, "seq": self._seq, "fua": False}, data)
+                        sent += len(data)
+            missed.clear_region(region)
+            return sent, covered
 
     async def _promote(self, address: str) -> None:
         """A rebuilt replica joins the member set: the new set and its version go to every member."""

@@ -7,7 +7,7 @@ answer: with 3 configured, 2 must hold a write before it is acknowledged, whatev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from drivers.volumes._errors import NoQuorum
 from drivers.volumes._store import ReplicaMeta
@@ -41,17 +41,31 @@ def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None
             raise NoQuorum(f"{len(found)} of {len(configured)} replicas reachable, {need} needed to create the "
                            f"volume; unreachable: {', '.join(unreachable)}")
         return StartPlan(tuple(a for a in configured if a in found), (), True, 1, 1)
-    best = max(holding.values(), key=lambda m: m.rank)
-    last_set = best.members or tuple(holding)
-    current = tuple(a for a in configured if a in holding
-                    and (holding[a].epoch, holding[a].set_version) == (best.epoch, best.set_version)
-                    and a in last_set)
-    if len(current) < majority(len(last_set)) or len(current) < need:
-        missing = [a for a in last_set if a not in current]
-        raise NoQuorum(f"only {len(current)} up-to-date replicas of the last member set "
-                       f"({', '.join(last_set)}) answer; {max(need, majority(len(last_set)))} needed. Bring back "
-                       f"{', '.join(missing)}, or salvage from a replica you trust")
+    candidates = dict(holding)
+    while True:
+        best = max(candidates.values(), key=lambda m: m.rank)
+        last_set = best.members or tuple(candidates)
+        current = tuple(a for a in configured if a in candidates
+                        and (candidates[a].epoch, candidates[a].set_version) == (best.epoch, best.set_version)
+                        and a in last_set)
+        if len(current) >= majority(len(last_set)) and len(current) >= need:
+            break
+        # A member-set change that reachable members of that set never received cannot have reached
+        # a majority, so nothing was acknowledged under it (an engine waits for the change first):
+        # its holders are judged by the set before it.
+        behind = [a for a in last_set if a in found and a not in current]
+        earlier = [m for a, m in candidates.items() if a not in current]
+        if len(last_set) - len(behind) >= need or not earlier:
+            missing = [a for a in last_set if a not in current]
+            raise NoQuorum(f"only {len(current)} up-to-date replicas of the last member set "
+                           f"({', '.join(last_set)}) answer; {max(need, majority(len(last_set)))} needed. Bring "
+                           f"back {', '.join(missing)}, or salvage from a replica you trust")
+        previous = max(earlier, key=lambda m: m.rank)
+        for address in current:
+            candidates[address] = replace(candidates[address], epoch=previous.epoch,
+                                          set_version=previous.set_version, members=previous.members)
     stale = tuple(a for a in configured if a in found and a not in current)
-    changed = set(current) != set(last_set)
+    highest = max(m.set_version for m in holding.values())
+    settled = set(current) == set(last_set) and best.set_version == highest
     epoch = max(m.epoch for m in holding.values()) + 1
-    return StartPlan(current, stale, False, epoch, best.set_version + (1 if changed else 0))
+    return StartPlan(current, stale, False, epoch, highest if settled else highest + 1)

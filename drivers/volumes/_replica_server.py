@@ -96,7 +96,11 @@ class ReplicaServer:
             volume = check_volume_name(field(header, "volume", str))
             size = field(header, "size", int)
             if volume not in self._open:
-                self._open[volume] = self.store.open(volume, size, create=bool(header.get("create")))
+                volume_id = header.get("volume_id", "")
+                if not isinstance(volume_id, str) or len(volume_id) > 64:
+                    raise ProtocolError("volume_id: expected a short string")
+                self._open[volume] = self.store.open(volume, size, create=bool(header.get("create")),
+                                                     volume_id=volume_id)
             elif self._open[volume].meta.size != size:
                 raise VolumeError(f"{volume}: holds {self._open[volume].meta.size} bytes, not {size}")
             replica = self._open[volume]

@@ -226,13 +226,14 @@ class ReplicaStore:
                     found.append(meta)
         return found
 
-    def open(self, volume: str, size: int, *, create: bool) -> Replica:
-        """Open a replica; with `create`, an absent one is created empty (epoch 0)."""
+    def open(self, volume: str, size: int, *, create: bool, volume_id: str = "") -> Replica:
+        """Open a replica; with `create`, an absent one is created empty (epoch 0), carrying the
+        volume id the engine gives (every replica of one volume has the same)."""
         meta = self.meta(volume)
         if meta is None:
             if not create:
                 raise VolumeError(f"no replica of {volume!r} here")
-            meta = ReplicaMeta(volume, size, secrets.token_hex(8))
+            meta = ReplicaMeta(volume, size, volume_id or secrets.token_hex(8))
             write_atomically(self.directory / f"{volume}.meta", json.dumps(meta.to_json()).encode())
         elif meta.size != size:
             raise VolumeError(f"{volume}: the replica holds {meta.size} bytes, the engine asks for {size}")

@@ -4,6 +4,7 @@ failures, a lost majority, a second engine, and garbage on every port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,8 +12,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from nodeorch.spec.secret_files import write_keyring
 
@@ -167,20 +170,56 @@ def test_salvage_is_the_explicit_way_past_a_lost_majority(tmp_path: Path) -> Non
         first = rig.start_engine(size="32MiB", timeout="2s")
         assert io_ok(first.qemu_io("write -P 0x71 0 1M", "flush"))
         rig.replicas[1].kill()
+        assert io_ok(first.qemu_io("write -P 0x73 2M 1M", "flush")), "acknowledged by replicas 0 and 2"
         rig.replicas[2].kill()
         assert not io_ok(first.qemu_io("write -P 0x72 1M 64k")), "no majority: refused"
         first.process.kill()
-        shutil.rmtree(tmp_path / "r1")  # one disk is gone for good; the other replica is behind
+        shutil.rmtree(tmp_path / "r2")  # replica 2's disk is gone for good; replica 1 is behind
         rig.restart_replica(1)
         rig.restart_replica(2)
         refused = rig.start_engine(size="32MiB", tag="b", wait=False)
         assert refused.process.proc.wait(30) == 1, "without salvage the engine refuses"
+        assert f"Bring back {rig.replica_addresses[2]}" in refused.process.output()
         trusted = rig.replica_addresses[0]
         salvage = run(sys.executable, "-m", "drivers.volumes", "salvage", "--volume", "vol", "--size", "32MiB",
                       *[arg for a in rig.replica_addresses for arg in ("--replica", a)], "--from", trusted,
                       "--keyring", str(rig.keyring), "--cluster", "test", timeout=120)
         assert salvage.returncode == 0, salvage.stderr
         engine = rig.start_engine(size="32MiB", tag="c")
-        check = engine.qemu_io("read -P 0x71 0 1M")
+        check = engine.qemu_io("read -P 0x71 0 1M", "read -P 0x73 2M 1M")
         assert io_ok(check), check.stdout + check.stderr
         wait_until(lambda: engine.status().get("members") == rig.replica_addresses)
+        rig.replicas[0].kill()  # the copies salvage made carry the volume on their own
+        assert io_ok(engine.qemu_io("read -P 0x71 0 1M", "read -P 0x73 2M 1M"))
+
+
+@contextlib.contextmanager
+def cut_tcp_ports(*ports: int) -> Iterator[None]:
+    """Drop every TCP packet to these loopback ports (a partition), until the block ends."""
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.fail("this test cuts links with iptables: run it as root with iptables installed")
+    rules = [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-m", "comment", "--comment",
+              "nodeorch-test-partition", "-j", "DROP"] for port in ports]
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-I", *rule], check=True)
+        yield
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+
+
+def test_a_partition_from_two_of_three_replicas_fails_writes_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    with volume_rig(tmp_path) as rig:
+        engine = rig.start_engine(size="32MiB", timeout="2s")
+        assert io_ok(engine.qemu_io("write -P 0x81 0 2M", "flush"))
+        ports = [int(a.rsplit(":", 1)[1]) for a in rig.replica_addresses[1:]]
+        with cut_tcp_ports(*ports):
+            refused = engine.qemu_io("write -P 0x82 0 64k", "flush", timeout=60)
+            assert not io_ok(refused), "cut off from two of three replicas: nothing may be acknowledged"
+            wait_until(lambda: engine.status().get("state") == "faulted")
+        engine.process.kill()
+        again = rig.start_engine(size="32MiB", tag="b")
+        check = again.qemu_io("read -P 0x81 64k 1984k")
+        assert io_ok(check), check.stdout + check.stderr
+        wait_until(lambda: again.status().get("members") == rig.replica_addresses)

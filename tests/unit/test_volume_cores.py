@@ -74,6 +74,17 @@ def test_an_engine_starts_from_the_last_member_set_and_claims_a_higher_epoch() -
     assert plan.members == (a, c) and plan.stale == (b,) and plan.epoch == 4 and plan.set_version == 5
 
 
+def test_a_member_set_change_that_never_reached_a_majority_does_not_count() -> None:
+    """A partition cut the engine from b and c: it ejected b and told only a (c never heard), so
+    nothing was acknowledged under that set; after the heal the three start again together."""
+    a, b, c = "a:1", "b:1", "c:1"
+    plan = plan_start([a, b, c], {a: meta(1, 2, 50, (a, c)), b: meta(1, 1, 50, (a, b, c)),
+                                  c: meta(1, 1, 50, (a, b, c))})
+    assert plan.members == (a, b, c) and plan.set_version == 3 and plan.epoch == 2
+    with pytest.raises(NoQuorum, match="Bring back c:1"):  # c unreachable: the change may have reached it
+        plan_start([a, b, c], {a: meta(1, 2, 50, (a, c)), b: meta(1, 1, 50, (a, b, c))})
+
+
 def test_without_a_majority_of_the_last_set_the_engine_refuses_naming_the_replicas() -> None:
     a, b, c = "a:1", "b:1", "c:1"
     with pytest.raises(NoQuorum, match=r"Bring back c:1"):

@@ -1,0 +1,168 @@
+"""Volume benchmark: a 3-replica volume on loopback against one copy served by `nbdkit file` on the
+same filesystem, side by side in one run, with fio's nbd engine; then rebuild speed, catch-up
+traffic and the stall fio sees when a replica is killed.
+
+    python bench/volumes.py [--size 512MiB] [--runtime 10] [--rebuild-data 256MiB] [--away 30]
+
+Needs fio, nbdkit and qemu-io (make test installs them as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.integration.volumes import Engine, VolumeRig, run
+
+JOBS = {
+    "seq write 1M QD8": ["--rw=write", "--bs=1M", "--iodepth=8"],
+    "rand write 4k QD32": ["--rw=randwrite", "--bs=4k", "--iodepth=32"],
+    "rand read 4k QD32": ["--rw=randread", "--bs=4k", "--iodepth=32"],
+    "rand write 4k QD1": ["--rw=randwrite", "--bs=4k", "--iodepth=1"],
+}
+
+
+def fio(uri: str, args: list[str], size: str, runtime: float) -> dict[str, Any]:
+    result = run("fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--size={size}", "--time_based",
+                 f"--runtime={runtime}", "--output-format=json", *args, timeout=runtime + 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"fio failed: {result.stderr[-500:]}")
+    job = json.loads(result.stdout[result.stdout.index("{"):])["jobs"][0]  # after its "connected" line
+    side = job["read"] if "read" in args[0] else job["write"]
+    percentiles = side.get("clat_ns", {}).get("percentile", {})
+    return {"iops": side["iops"], "mib_s": side["bw_bytes"] / 2**20,
+            "p99_ms": percentiles.get("99.000000", 0) / 1e6}
+
+
+@contextlib.contextmanager
+def nbdkit_file(folder: Path, size: str) -> Iterator[str]:
+    image = folder / "nbdkit.img"
+    run("truncate", "-s", size.replace("iB", ""), str(image))
+    socket = folder / "nbdkit.sock"
+    proc = subprocess.Popen(["nbdkit", "-f", "-U", str(socket), "file", str(image)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if socket.exists():
+                break
+            time.sleep(0.05)
+        yield f"nbd+unix:///?socket={socket}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def fill(engine: Engine, data: str) -> None:
+    result = run("qemu-io", "-f", "raw", engine.uri, "-c", f"write -P 0x3c 0 {data.replace('iB', '')}",
+                 "-c", "flush", timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+
+
+def wait_healthy(engine: Engine, count: int, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status = engine.status()
+        if status.get("state") == "healthy" and len(status.get("members", [])) == count:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise RuntimeError(f"not healthy within {timeout}s: {engine.status()}")
+
+
+def throughput(folder: Path, size: str, runtime: float) -> None:
+    print("\n| workload | nodeorch 3 replicas | nbdkit file (1 copy) | ratio |")
+    print("|---|---|---|---|")
+    rig = VolumeRig(folder / "tp")
+    try:
+        engine = rig.start_engine(size=size)
+        with nbdkit_file(folder, size) as baseline:
+            for name, args in JOBS.items():
+                ours, theirs = fio(engine.uri, args, size, runtime), fio(baseline, args, size, runtime)
+                if "QD1" in name:
+                    print(f"| {name} p99 latency | {ours['p99_ms']:.3f} ms | {theirs['p99_ms']:.3f} ms | "
+                          f"x{ours['p99_ms'] / max(theirs['p99_ms'], 1e-9):.1f} |", flush=True)
+                elif "1M" in name:
+                    print(f"| {name} | {ours['mib_s']:.0f} MiB/s | {theirs['mib_s']:.0f} MiB/s | "
+                          f"{100 * ours['mib_s'] / theirs['mib_s']:.0f} % |", flush=True)
+                else:
+                    print(f"| {name} | {ours['iops']:.0f} IOPS | {theirs['iops']:.0f} IOPS | "
+                          f"{100 * ours['iops'] / theirs['iops']:.0f} % |", flush=True)
+    finally:
+        rig.close()
+
+
+def repairs(folder: Path, data: str, away: float) -> None:
+    rig = VolumeRig(folder / "rb")
+    try:
+        engine = rig.start_engine(size="1GiB", timeout="2s")
+        fill(engine, data)
+        rig.replicas[2].kill()
+        shutil.rmtree(rig.folder / "r2")
+        while engine.status().get("state") != "degraded":
+            time.sleep(0.1)
+        rig.restart_replica(2)
+        seconds = wait_healthy(engine, 3, 600)
+        sent = engine.status()["io"].get("rebuild_bytes", 0)
+        print(f"\nfull rebuild of {data} of data into an empty replica (1 GiB volume): {seconds:.1f} s, "
+              f"{sent / seconds / 1e6:.0f} MB/s, {sent / 2**20:.0f} MiB sent (holes not read)")
+
+        before = engine.status()["io"].get("rebuild_bytes", 0)
+        rig.replicas[1].signal(signal.SIGKILL)
+        started = time.monotonic()
+        with subprocess.Popen(["fio", "--name=away", "--ioengine=nbd", f"--uri={engine.uri}", "--rw=randwrite",
+                               "--bs=4k", "--size=1G", "--rate_iops=500", "--time_based", f"--runtime={away}",
+                               "--output-format=json"], stdout=subprocess.PIPE, text=True) as load:
+            out, _ = load.communicate(timeout=away + 120)
+        written = json.loads(out[out.index("{"):])["jobs"][0]["write"]["io_bytes"]
+        while engine.status().get("state") != "degraded" and time.monotonic() - started < 10:
+            time.sleep(0.1)
+        rig.restart_replica(1)
+        wait_healthy(engine, 3, 600)
+        caught_up = engine.status()["io"].get("rebuild_bytes", 0) - before
+        print(f"replica away {away:.0f} s under 500 random 4k writes/s: {written / 2**20:.1f} MiB written, "
+              f"{caught_up / 2**20:.1f} MiB sent to catch up (x{caught_up / max(written, 1):.2f})")
+
+        with subprocess.Popen(["fio", "--name=stall", "--ioengine=nbd", f"--uri={engine.uri}", "--rw=randwrite",
+                               "--bs=4k", "--size=1G", "--iodepth=1", "--time_based", "--runtime=6",
+                               "--output-format=json", "--write_lat_log=" + str(folder / "lat"),
+                               "--log_avg_msec=0"], stdout=subprocess.PIPE, text=True) as load:
+            time.sleep(2)
+            rig.replicas[0].signal(signal.SIGKILL)
+            load.communicate(timeout=120)
+        latencies = [int(line.split(",")[1]) / 1e6 for line in (folder / "lat_clat.1.log").read_text().splitlines()]
+        print(f"kill -9 of a replica under fio (QD1 4k writes): longest single write {max(latencies):.1f} ms, "
+              f"{len(latencies)} writes, no error")
+    finally:
+        rig.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="512MiB")
+    parser.add_argument("--runtime", type=float, default=10.0)
+    parser.add_argument("--rebuild-data", default="256MiB")
+    parser.add_argument("--away", type=float, default=30.0)
+    args = parser.parse_args()
+    for tool in ("fio", "nbdkit", "qemu-io"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing (apt-get install fio nbdkit qemu-utils)")
+    print(f"# volume benchmark, {time.strftime('%Y-%m-%d %H:%M')}, loopback, page cache")
+    with tempfile.TemporaryDirectory(prefix="nodeorch-bench-volumes-") as folder:
+        throughput(Path(folder), args.size, args.runtime)
+        repairs(Path(folder), args.rebuild_data, args.away)
+
+
+if __name__ == "__main__":
+    main()
