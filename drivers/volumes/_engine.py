@@ -418,8 +418,11 @@ class Engine:
     async def _rebuild(self, address: str, meta: ReplicaMeta | None) -> None:
         """Bring `address` up to date while the volume serves, then make it a member again."""
         missed = self._missed.get(address)
-        fresh = meta is None
-        full = missed is None or fresh or meta is None or meta.volume_id != self._volume_id
+        # Only a replica this engine itself ejected (same epoch) can catch up from the map of what
+        # it missed; any other is copied in full. One never claimed (epoch 0) was never written.
+        fresh = meta is None or meta.epoch == 0
+        full = (missed is None or meta is None or meta.volume_id != self._volume_id
+                or meta.epoch != self.status.epoch)
         if full:
             missed = self._missed[address] = DirtyMap(self.status.size, all_dirty=True)
         assert missed is not None

@@ -53,7 +53,7 @@ def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None
         # A member-set change that reachable members of that set never received cannot have reached
         # a majority, so nothing was acknowledged under it (an engine waits for the change first):
         # its holders are judged by the set before it.
-        behind = [a for a in last_set if a in found and a not in current]
+        behind = [a for a in last_set if a in holding and a not in current]  # known never to have it
         earlier = [m for a, m in candidates.items() if a not in current]
         if len(last_set) - len(behind) >= need or not earlier:
             missing = [a for a in last_set if a not in current]

@@ -83,6 +83,8 @@ def test_a_member_set_change_that_never_reached_a_majority_does_not_count() -> N
     assert plan.members == (a, b, c) and plan.set_version == 3 and plan.epoch == 2
     with pytest.raises(NoQuorum, match="Bring back c:1"):  # c unreachable: the change may have reached it
         plan_start([a, b, c], {a: meta(1, 2, 50, (a, c)), b: meta(1, 1, 50, (a, b, c))})
+    with pytest.raises(NoQuorum, match="Bring back c:1"):  # c lost its disk: it may have had the change
+        plan_start([a, b, c], {a: meta(1, 2, 50, (a, c)), b: meta(1, 1, 50, (a, b, c)), c: None})
 
 
 def test_without_a_majority_of_the_last_set_the_engine_refuses_naming_the_replicas() -> None:
