@@ -101,18 +101,20 @@ def instance_pids(folder: Path, name: str) -> dict[str, int]:
 
 @contextlib.asynccontextmanager
 async def agent_trio(folder: Path, desired: str, names: Sequence[str] = ("node-1", "node-2", "node-3"),
-                     ) -> AsyncIterator[list[AgentProcess]]:
-    """Three agents on 127.0.0.2-4 sharing `desired`; on exit the agents and the process instances
-    they ran are killed (instances outlive a killed agent by design)."""
+                     *, ready: bool = True, **settings: Any) -> AsyncIterator[list[AgentProcess]]:
+    """Three agents on 127.0.0.2-4 sharing `desired` (started together; with `ready`, once each
+    answers); on exit the agents and the process instances they ran are killed (instances outlive
+    a killed agent by design). `settings` go into every nodeorch.toml (expect=3...)."""
     (folder / "desired.toml").write_text(desired)
-    first = AgentProcess(folder, names[0], "127.0.0.2", [])
-    agents = [first] + [AgentProcess(folder, name, f"127.0.0.{i + 2}", [first.gossip])
+    first = AgentProcess(folder, names[0], "127.0.0.2", [], **settings)
+    agents = [first] + [AgentProcess(folder, name, f"127.0.0.{i + 2}", [first.gossip], **settings)
                         for i, name in enumerate(names[1:], start=1)]
     try:
         for agent in agents:
             agent.start()
         for agent in agents:
-            await agent.wait_ready()
+            if ready:
+                await agent.wait_ready()
         yield agents
     finally:
         for agent in agents:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from drivers.containers.process import process_start_ticks
 from nodeorch.agent import LEAVE_TIMEOUT
 
-from .agents import AgentProcess, instance_pids
+from .agents import AgentProcess, agent_trio, instance_pids
 
 STOP_GRACE = 5.0
 """What an agent may take beyond the leave timeout to close its endpoint, discovery and node."""
@@ -41,23 +39,8 @@ def running_instances(folder: Path, agents: list[AgentProcess]) -> list[str]:
             for key, pid in instance_pids(folder, agent.name).items() if process_start_ticks(pid) is not None]
 
 
-@contextlib.asynccontextmanager
-async def started_together(folder: Path) -> AsyncIterator[list[AgentProcess]]:
-    (folder / "desired.toml").write_text(DESIRED)
-    first = AgentProcess(folder, "node-1", "127.0.0.2", [], expect=3)
-    agents = [first, *(AgentProcess(folder, f"node-{i}", f"127.0.0.{i + 1}", [first.gossip], expect=3)
-                       for i in (2, 3))]
-    try:
-        for agent in agents:
-            agent.start()
-        yield agents
-    finally:
-        for agent in agents:
-            agent.kill()
-        for agent in agents:
-            for pid in instance_pids(folder, agent.name).values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+def started_together(folder: Path) -> contextlib.AbstractAsyncContextManager[list[AgentProcess]]:
+    return agent_trio(folder, DESIRED, ready=False, expect=3)
 
 
 async def watch_instances(folder: Path, agents: list[AgentProcess], seconds: float) -> tuple[int, list[str]]:
