@@ -11,13 +11,37 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from drivers.volumes._errors import Fenced, ProtocolError, VolumeError
 from drivers.volumes._wire import STATUS_FENCED, STATUS_OK, Secrets, client_handshake, encode_frame, read_frame
 
 Reply = asyncio.Future[tuple[int, dict[str, Any], bytes]]
 """(status, header, data) of one request."""
+
+
+class ReplicaLink(Protocol):
+    """An engine's connection to one replica: TCP (ReplicaClient) or in memory (simulations)."""
+
+    address: str
+    closed_because: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self, timeout: float) -> None: ...
+
+    def send(self, op: int, header: dict[str, Any], data: bytes = b"") -> Reply: ...
+
+    async def call(self, op: int, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]: ...
+
+    def close(self, reason: str = "closed") -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+LinkFactory = Callable[[str, Callable[[str, str], None]], ReplicaLink]
+"""(address, on_lost) -> a link, not yet connected."""
 
 
 class ReplicaLost(VolumeError):

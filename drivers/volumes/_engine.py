@@ -19,10 +19,10 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drivers.volumes._client import ReplicaClient, ReplicaLost, Reply
+from drivers.volumes._client import LinkFactory, ReplicaClient, ReplicaLink, ReplicaLost, Reply
 from drivers.volumes._dirty_map import BLOCK, REGION, DirtyMap
 from drivers.volumes._errors import NoQuorum, VolumeError
 from drivers.volumes._quorum import StartPlan, majority, plan_start
@@ -86,7 +86,8 @@ class EngineStatus:
 
 class Engine:
     def __init__(self, volume: str, size: int, replicas: list[str], secrets: Secrets,
-                 replica_timeout: float = 8.0, rebuild_rate: float = DEFAULT_REBUILD_RATE) -> None:
+                 replica_timeout: float = 8.0, rebuild_rate: float = DEFAULT_REBUILD_RATE,
+                 links: LinkFactory | None = None) -> None:
         if not replicas:
             raise VolumeError("an engine needs at least one --replica")
         if len(set(replicas)) != len(replicas):
@@ -94,7 +95,8 @@ class Engine:
         self.status = EngineStatus(check_volume_name(volume), size, configured=tuple(replicas))
         self._secrets = secrets
         self._timeout = replica_timeout
-        self._clients: dict[str, ReplicaClient] = {}
+        self._clients: dict[str, ReplicaLink] = {}
+        self._links: LinkFactory = links or (lambda address, on_lost: ReplicaClient(address, secrets, on_lost))
         self._need = majority(len(replicas))
         self._seq = 0
         self._membership = asyncio.Lock()
@@ -189,7 +191,7 @@ class Engine:
     async def _open(self, address: str, create: bool = False) -> ReplicaMeta | None:
         client = self._clients.get(address)
         if client is None or not client.connected:
-            client = ReplicaClient(address, self._secrets, on_lost=self._begin_eject)
+            client = self._links(address, self._begin_eject)
             await client.connect(CONNECT_TIMEOUT)
             self._clients[address] = client
         try:
@@ -200,7 +202,12 @@ class Engine:
                 return None
             raise
         meta = answer.get("meta")
-        return ReplicaMeta.from_json(meta) if isinstance(meta, dict) else None
+        if not isinstance(meta, dict):
+            return None
+        opened = ReplicaMeta.from_json(meta)
+        applied = answer.get("applied")
+        # A running replica may hold writes not yet made durable: its rank counts them.
+        return replace(opened, seq=max(opened.seq, applied)) if isinstance(applied, int) else opened
 
     async def _claim(self, address: str, plan: StartPlan) -> bool:
         try:
@@ -277,8 +284,11 @@ class Engine:
                     self._missed_by(address, span)
             guards = [asyncio.ensure_future(self._guard(a, self._clients[a].send(op, header, data), span))
                       for a in self.members]
+            # A replica being rebuilt gets the write but not its sequence number: until its rebuild
+            # completes, its sequence must not claim writes it does not hold yet.
+            partial = {**header, "seq": 0} if "seq" in header else header
             for address in list(self._write_only):
-                self._start_background(self._guard(address, self._clients[address].send(op, header, data), span))
+                self._start_background(self._guard(address, self._clients[address].send(op, partial, data), span))
         ok = failed = 0
         pending = set(guards)
         while pending and ok < self._need and failed <= len(guards) - self._need:
@@ -483,7 +493,7 @@ class Engine:
                         pieces = [(int(o), int(n)) for o, n in answer.get("extents", [])]
                         if not fresh:
                             if not pieces:
-                                await target.call(OP_ZERO, {**where, "seq": self._seq})
+                                await target.call(OP_ZERO, {**where, "seq": 0})
                                 continue
                             if (await source.call(OP_DIGEST, where))[1] == (await target.call(OP_DIGEST, where))[1]:
                                 continue
@@ -491,7 +501,8 @@ class Engine:
                     for piece_offset, piece_length in pieces:
                         piece = {**base, "offset": piece_offset, "length": piece_length}
                         _, data = await source.call(OP_READ, piece)
-                        await target.call(OP_WRITE, {**piece, "seq": self._seq, "fua": False}, data)
+                        # seq 0: a copy must not make a half-rebuilt replica look up to date
+                        await target.call(OP_WRITE, {**piece, "seq": 0, "fua": False}, data)
                         sent += len(data)
             missed.clear_region(region)
             return sent, covered
@@ -505,8 +516,10 @@ class Engine:
             version = self.status.set_version + 1
             header = {"volume": self.status.volume, "epoch": self.status.epoch, "members": list(members),
                       "set_version": version}
-            results = await asyncio.gather(*(self._members_update(a, header) for a in members),
-                                           return_exceptions=True)
+            # The rebuilt replica holds every write so far: its sequence says so from now on.
+            results = await asyncio.gather(
+                *(self._members_update(a, {**header, "seq": self._seq} if a == address else header) for a in members),
+                return_exceptions=True)
             if sum(1 for r in results if r is True) < self._need:
                 raise NoQuorum(f"{address}: the new member set did not reach a majority")
             self.status.members, self.status.set_version = members, version

@@ -6,6 +6,7 @@ answer: with 3 configured, 2 must hold a write before it is acknowledged, whatev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -64,6 +65,17 @@ def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None
         for address in current:
             candidates[address] = replace(candidates[address], epoch=previous.epoch,
                                           set_version=previous.set_version, members=previous.members)
+    # An acknowledged write is on a majority of the set, so every write up to the need-th highest
+    # sequence of the set may have been acknowledged (a member that does not answer may be ahead of
+    # all the others). A member behind that point missed acknowledged writes (the engine died
+    # before ejecting it): it is stale too, and without a majority past that point nobody serves.
+    unanswered = [math.inf for a in last_set if a not in found]
+    threshold = sorted([*(candidates[a].seq for a in current), *unanswered], reverse=True)[need - 1]
+    current = tuple(a for a in current if candidates[a].seq >= threshold)
+    if len(current) < need:
+        raise NoQuorum(f"only {', '.join(current) or 'none'} of the last member set ({', '.join(last_set)}) hold every "
+                       f"write that may have been acknowledged; {need} needed. Bring back "
+                       f"{', '.join(a for a in last_set if a not in found)}, or salvage from a replica you trust")
     stale = tuple(a for a in configured if a in found and a not in current)
     highest = max(m.set_version for m in holding.values())
     settled = set(current) == set(last_set) and best.set_version == highest

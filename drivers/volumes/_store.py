@@ -18,6 +18,7 @@ import re
 import secrets
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from drivers.volumes._errors import Fenced, VolumeError
 
@@ -85,21 +86,81 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-class Replica:
-    """One volume's replica in a directory, open for I/O."""
+class Backing(Protocol):
+    """Where a replica's blocks and metadata live: files on a node, or memory in simulations."""
+
+    def pwrite(self, data: bytes, offset: int) -> None: ...
+
+    def pread(self, length: int, offset: int) -> bytes: ...
+
+    def punch(self, offset: int, length: int) -> None: ...
+
+    def sync(self) -> None:
+        """Every block written so far survives a crash."""
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]: ...
+
+    def save_meta(self, meta: ReplicaMeta) -> None:
+        """Durably, atomically."""
+
+    def close(self) -> None: ...
+
+
+class FileBacking:
+    """`NAME.img` (sparse) and `NAME.meta` (written atomically) in a directory."""
 
     def __init__(self, directory: Path, meta: ReplicaMeta) -> None:
-        self.directory = directory
-        self.meta = meta
         self._meta_path = directory / f"{meta.volume}.meta"
         self._fd = os.open(directory / f"{meta.volume}.img", os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self._fd).st_size != meta.size:
             os.ftruncate(self._fd, meta.size)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        os.pwrite(self._fd, data, offset)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        return data + bytes(length - len(data))
+
+    def punch(self, offset: int, length: int) -> None:
+        if length and _libc.fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            os.pwrite(self._fd, bytes(length), offset)  # a filesystem without hole punching
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        end, found, position = offset + length, [], offset
+        while position < end:
+            try:
+                start = os.lseek(self._fd, position, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after position
+                break
+            if start >= end:
+                break
+            stop = min(os.lseek(self._fd, start, os.SEEK_HOLE), end)
+            found.append((start, stop - start))
+            position = stop
+        return found
+
+    def save_meta(self, meta: ReplicaMeta) -> None:
+        write_atomically(self._meta_path, json.dumps(meta.to_json()).encode())
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Replica:
+    """One volume's replica, open for I/O: the epoch and member-set rules over a backing."""
+
+    def __init__(self, backing: Backing, meta: ReplicaMeta) -> None:
+        self._backing = backing
+        self.meta = meta
         self.seq = meta.seq
         """The highest write sequence applied (durable or not)."""
 
     def _save(self, meta: ReplicaMeta) -> None:
-        write_atomically(self._meta_path, json.dumps(meta.to_json()).encode())
+        self._backing.save_meta(meta)
         self.meta = meta
 
     def _check(self, epoch: int) -> None:
@@ -134,21 +195,12 @@ class Replica:
         no copying (SEEK_DATA / SEEK_HOLE)."""
         self._check(epoch)
         self._bounds(offset, length)
-        end, found, position = offset + length, [], offset
-        while position < end:
-            try:
-                start = os.lseek(self._fd, position, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after position
-                break
-            if start >= end:
-                break
-            stop = min(os.lseek(self._fd, start, os.SEEK_HOLE), end)
-            found.append((start, stop - start))
-            position = stop
-        return found
+        return self._backing.extents(offset, length)
 
-    def set_members(self, epoch: int, members: tuple[str, ...], set_version: int) -> None:
+    def set_members(self, epoch: int, members: tuple[str, ...], set_version: int, seq: int = 0) -> None:
+        """A new member set; `seq`: a rebuild completed here holds every write up to it."""
         self._check(epoch)
+        self.seq = max(self.seq, seq)
         if set_version < self.meta.set_version:
             raise VolumeError(f"{self.meta.volume}: member-set version {set_version} is older than "
                               f"{self.meta.set_version}")
@@ -158,7 +210,7 @@ class Replica:
         self._check(epoch)
         self._bounds(offset, len(data))
         self._dirty()
-        os.pwrite(self._fd, data, offset)
+        self._backing.pwrite(data, offset)
         self.seq = max(self.seq, seq)
         if fua:
             self.flush(epoch)
@@ -168,20 +220,18 @@ class Replica:
         self._check(epoch)
         self._bounds(offset, length)
         self._dirty()
-        if length and _libc.fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-            os.pwrite(self._fd, bytes(length), offset)  # a filesystem without hole punching
+        self._backing.punch(offset, length)
         self.seq = max(self.seq, seq)
 
     def read(self, epoch: int, offset: int, length: int) -> bytes:
         self._check(epoch)
         self._bounds(offset, length)
-        data = os.pread(self._fd, length, offset)
-        return data + bytes(length - len(data))
+        return self._backing.pread(length, offset)
 
     def flush(self, epoch: int) -> None:
         """Everything written so far is durable, and so is the sequence number that says so."""
         self._check(epoch)
-        os.fdatasync(self._fd)
+        self._backing.sync()
         if self.seq != self.meta.seq:
             self._save(replace(self.meta, seq=self.seq))
 
@@ -192,10 +242,10 @@ class Replica:
     def close(self, clean: bool = True) -> None:
         """Make everything durable and mark the replica clean."""
         with contextlib.suppress(OSError):
-            os.fdatasync(self._fd)
+            self._backing.sync()
             if clean:
                 self._save(replace(self.meta, seq=self.seq, clean=True))
-        os.close(self._fd)
+        self._backing.close()
 
 
 class ReplicaStore:
@@ -237,4 +287,4 @@ class ReplicaStore:
             write_atomically(self.directory / f"{volume}.meta", json.dumps(meta.to_json()).encode())
         elif meta.size != size:
             raise VolumeError(f"{volume}: the replica holds {meta.size} bytes, the engine asks for {size}")
-        return Replica(self.directory, meta)
+        return Replica(FileBacking(self.directory, meta), meta)
