@@ -44,6 +44,15 @@ LinkFactory = Callable[[str, Callable[[str, str], None]], ReplicaLink]
 """(address, on_lost) -> a link, not yet connected."""
 
 
+def outcome(address: str, reply: tuple[int, dict[str, Any], bytes]) -> tuple[dict[str, Any], bytes]:
+    """A reply's header and data, or its refusal raised (Fenced or VolumeError)."""
+    status, answer, payload = reply
+    if status == STATUS_OK:
+        return answer, payload
+    message = f"{address}: {answer.get('error', 'refused')}"
+    raise Fenced(message) if status == STATUS_FENCED else VolumeError(message)
+
+
 class ReplicaLost(VolumeError):
     """The replica server cannot be reached, or the connection broke."""
 
@@ -122,11 +131,7 @@ class ReplicaClient:
         return future
 
     async def call(self, op: int, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
-        status, answer, payload = await self.send(op, header, data)
-        if status == STATUS_OK:
-            return answer, payload
-        message = f"{self.address}: {answer.get('error', 'refused')}"
-        raise Fenced(message) if status == STATUS_FENCED else VolumeError(message)
+        return outcome(self.address, await self.send(op, header, data))
 
     def close(self, reason: str = "closed") -> None:
         self._fail(reason)

@@ -20,11 +20,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from drivers.volumes._client import ReplicaLost, Reply
-from drivers.volumes._errors import Fenced, ProtocolError, VolumeError
+from drivers.volumes._client import ReplicaLost, Reply, outcome
+from drivers.volumes._errors import ProtocolError
 from drivers.volumes._memory_store import MemoryStore
 from drivers.volumes._replica_service import ReplicaService
-from drivers.volumes._wire import STATUS_FENCED, STATUS_OK
 
 LATENCY = 0.0002
 
@@ -184,11 +183,7 @@ class MemoryLink:
                 future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because}"))
 
     async def call(self, op: int, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
-        status, answer, payload = await self.send(op, header, data)
-        if status == STATUS_OK:
-            return answer, payload
-        message = f"{self.address}: {answer.get('error', 'refused')}"
-        raise Fenced(message) if status == STATUS_FENCED else VolumeError(message)
+        return outcome(self.address, await self.send(op, header, data))
 
     def close(self, reason: str = "closed") -> None:
         """Our side closes: what was already sent still arrives (as TCP delivers it before the
