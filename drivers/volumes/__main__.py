@@ -53,7 +53,8 @@ async def _until_stopped(status: Callable[[], dict[str, Any]], status_file: str 
         loop.add_signal_handler(signum, stop.set)
     while not stop.is_set():
         if status_file:
-            write_atomically(Path(status_file), json.dumps(status()).encode())
+            # rewritten every second and only informative: no fsync
+            write_atomically(Path(status_file), json.dumps(status()).encode(), durable=False)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_INTERVAL):
                 await stop.wait()

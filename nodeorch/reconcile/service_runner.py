@@ -264,9 +264,6 @@ class ServiceRunner:
             self._published = (records, verdicts)
             await self._host.publish_instances(records, verdicts)
 
-    async def close(self) -> None:
-        await self._health.close()
-
     def _submit(self, decision: Decision) -> None:
         """Queue a decision as a job; one already waiting or running for that slot is not queued twice
         (a different decision for it runs after the current one)."""

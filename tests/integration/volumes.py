@@ -178,9 +178,6 @@ def wait_until(check: Any, timeout: float = 15) -> None:
     raise AssertionError("condition not met in time")
 
 
-def pids_alive(*processes: Process) -> bool:
-    return all(p.proc.poll() is None for p in processes)
-
 
 @contextlib.contextmanager
 def block_device(engine: Engine, folder: Path) -> Iterator[str]:
