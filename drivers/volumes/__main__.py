@@ -23,6 +23,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ async def _until_stopped(status: Callable[[], dict[str, Any]], status_file: str 
     while not stop.is_set():
         if status_file:
             # rewritten every second and only informative: no fsync
-            write_atomically(Path(status_file), json.dumps(status()).encode(), durable=False)
+            document = {**status(), "updated_at": round(time.time(), 3)}
+            write_atomically(Path(status_file), json.dumps(document).encode(), durable=False)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_INTERVAL):
                 await stop.wait()
@@ -81,7 +83,7 @@ async def run_engine(args: argparse.Namespace) -> int:
     try:
         async with NbdServer(engine, args.listen) as nbd:
             print(f"engine {args.volume}: serving NBD on {', '.join(nbd.addresses)}", file=sys.stderr, flush=True)
-            await _until_stopped(lambda: {**engine.status.to_json(), "nbd": nbd.addresses,
+            await _until_stopped(lambda: {**engine.describe(), "nbd": nbd.addresses,
                                           "drops": dict(nbd.drops)}, args.status_file)
     finally:
         await engine.close()

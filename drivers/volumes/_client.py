@@ -29,6 +29,11 @@ class ReplicaLink(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def outstanding(self) -> int:
+        """Requests sent and not yet answered."""
+        ...
+
     async def connect(self, timeout: float) -> None: ...
 
     def send(self, op: int, header: dict[str, Any], data: bytes = b"") -> Reply: ...
@@ -95,6 +100,10 @@ class ReplicaClient:
     @property
     def connected(self) -> bool:
         return self._writer is not None and not self.closed_because
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:

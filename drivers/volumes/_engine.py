@@ -117,6 +117,13 @@ class Engine:
     def members(self) -> tuple[str, ...]:
         return self.status.members
 
+    def describe(self) -> dict[str, Any]:
+        """The status plus, per replica written to, how many requests it has not answered yet
+        (a replica falling behind shows here before its timeout ejects it)."""
+        written = [*self.members, *sorted(self._write_only)]
+        return {**self.status.to_json(),
+                "outstanding": {a: self._clients[a].outstanding for a in written if a in self._clients}}
+
     # Start ------------------------------------------------------------------------------------------
 
     async def start(self) -> StartPlan:

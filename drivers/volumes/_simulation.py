@@ -111,6 +111,10 @@ class MemoryLink:
     def connected(self) -> bool:
         return self._open and not self.closed_because
 
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
     async def connect(self, timeout: float) -> None:
         if not self._replica.running:
             raise ReplicaLost(f"{self.address}: connection refused")
