@@ -32,6 +32,7 @@ from drivers.volumes._wire import (
     OP_CLAIM,
     OP_DIGEST,
     OP_EXTENTS,
+    OP_FENCE,
     OP_FLUSH,
     OP_MEMBERS,
     OP_OPEN,
@@ -127,10 +128,28 @@ class Engine:
     # Start ------------------------------------------------------------------------------------------
 
     async def start(self) -> StartPlan:
-        """Connect, find where to start from, claim a new epoch on a majority. NoQuorum if it cannot."""
+        """Connect, fence, find where to start from, claim the volume on a majority. NoQuorum if it
+        cannot.
+
+        The plan is made from what the replicas answer to the fence, not to the first look: until
+        the fence, an older engine may still eject members or acknowledge writes, and a set claimed
+        from a stale view could leave out a replica holding them. Once a replica is fenced nothing
+        on it changes, so the plan sees exactly what the old engine left behind."""
         configured = self.status.configured
         found = await self._found()
-        plan = plan_start(configured, found)
+        holding = {a: m for a, m in found.items() if m is not None}
+        if holding:
+            epoch = max(m.epoch for m in holding.values()) + 1
+            answers = await asyncio.gather(*(self._fence_replica(a, epoch) for a in holding))
+            fenced = {a: m for a, m in zip(holding, answers, strict=True) if m is not None}
+            if len(fenced) < self._need:
+                raise NoQuorum(f"{self.status.volume}: epoch {epoch} fenced on {len(fenced)} replicas; "
+                               f"{self._need} needed")
+            # replicas that did not take the fence count as unanswered: their writes may be the newest
+            found = {**{a: None for a, m in found.items() if m is None}, **fenced}
+            plan = replace(plan_start(configured, found), epoch=epoch)
+        else:
+            plan = plan_start(configured, found)
         self._volume_id = next((m.volume_id for a, m in found.items() if m is not None and a in plan.members),
                                secrets.token_hex(8))
         if plan.create:
@@ -150,6 +169,17 @@ class Engine:
                  ", ".join(members), plan.set_version,
                  f"; left out: {', '.join(plan.stale)}" if plan.stale else "")
         return plan
+
+    async def _fence_replica(self, address: str, epoch: int) -> ReplicaMeta | None:
+        """Raise `address` to `epoch`; what it held just before, or None if it refused or failed."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                answer, _ = await self._clients[address].call(OP_FENCE, {"volume": self.status.volume,
+                                                                         "epoch": epoch})
+            return ReplicaMeta.from_json(answer["meta"])
+        except (VolumeError, TimeoutError, KeyError, TypeError) as error:
+            log.warning("%s: fence of epoch %d on %s refused: %s", self.status.volume, epoch, address, error)
+            return None
 
     async def _found(self) -> dict[str, ReplicaMeta | None]:
         """Every reachable replica with its metadata (None: it holds no replica of the volume)."""
@@ -435,11 +465,12 @@ class Engine:
     async def _rebuild(self, address: str, meta: ReplicaMeta | None) -> None:
         """Bring `address` up to date while the volume serves, then make it a member again."""
         missed = self._missed.get(address)
-        # Only a replica this engine itself ejected (same epoch) can catch up from the map of what
-        # it missed; any other is copied in full. One never claimed (epoch 0) was never written.
+        # Only a replica that was a member under this engine (its set written at this epoch) can
+        # catch up from the map of what it missed; any other, even one this engine fenced, is
+        # copied in full. One never claimed (epoch 0) was never written.
         fresh = meta is None or meta.epoch == 0
         full = (missed is None or meta is None or meta.volume_id != self._volume_id
-                or meta.epoch != self.status.epoch)
+                or meta.set_epoch != self.status.epoch)
         if full:
             missed = self._missed[address] = DirtyMap(self.status.size, all_dirty=True)
         assert missed is not None

@@ -47,7 +47,7 @@ def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None
         best = max(candidates.values(), key=lambda m: m.rank)
         last_set = best.members or tuple(candidates)
         current = tuple(a for a in configured if a in candidates
-                        and (candidates[a].epoch, candidates[a].set_version) == (best.epoch, best.set_version)
+                        and candidates[a].set_id == best.set_id
                         and a in last_set)
         if len(current) >= majority(len(last_set)) and len(current) >= need:
             break
@@ -63,7 +63,7 @@ def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None
                            f"back {', '.join(missing)}, or salvage from a replica you trust")
         previous = max(earlier, key=lambda m: m.rank)
         for address in current:
-            candidates[address] = replace(candidates[address], epoch=previous.epoch,
+            candidates[address] = replace(candidates[address], set_epoch=previous.set_epoch,
                                           set_version=previous.set_version, members=previous.members)
     # An acknowledged write is on a majority of the set, so every write up to the need-th highest
     # sequence of the set may have been acknowledged (a member that does not answer may be ahead of

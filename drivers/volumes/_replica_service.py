@@ -12,6 +12,7 @@ from drivers.volumes._wire import (
     OP_CLAIM,
     OP_DIGEST,
     OP_EXTENTS,
+    OP_FENCE,
     OP_FLUSH,
     OP_MEMBERS,
     OP_OPEN,
@@ -109,8 +110,13 @@ class ReplicaService:
         if op == OP_ZERO:
             replica.zero(epoch, field(header, "offset", int), field(header, "length", int), field(header, "seq", int))
             return {}, b""
+        if op == OP_FENCE:
+            before = replica.fence(epoch)
+            self._owner[replica.meta.volume] = session
+            return {"meta": before.to_json()}, b""
         if op == OP_CLAIM:
-            replica.claim(epoch, _members(header), field(header, "set_version", int))
+            replica.claim(epoch, _members(header), field(header, "set_version", int),
+                          fenced_by_caller=self._owner.get(replica.meta.volume) == session)
             self._owner[replica.meta.volume] = session
             return {"meta": replica.meta.to_json()}, b""
         if op == OP_ADOPT:

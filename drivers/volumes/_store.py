@@ -41,11 +41,23 @@ class ReplicaMeta:
     """The highest write sequence made durable here (by a FLUSH or a FUA write)."""
     clean: bool = True
     """False from the first write after opening until a clean close."""
+    set_epoch: int = -1
+    """The epoch of the engine that wrote the member set (`epoch` may be higher: an engine that
+    fenced this replica but has not written its set yet). -1 when built: the same as `epoch`."""
+
+    def __post_init__(self) -> None:
+        if self.set_epoch < 0:
+            object.__setattr__(self, "set_epoch", self.epoch)
+
+    @property
+    def set_id(self) -> tuple[int, int]:
+        """Which member set this replica last joined: (the epoch that wrote it, its version)."""
+        return (self.set_epoch, self.set_version)
 
     @property
     def rank(self) -> tuple[int, int, int]:
         """Which replica's data is newest: the engine starts from the highest."""
-        return (self.epoch, self.set_version, self.seq)
+        return (self.set_epoch, self.set_version, self.seq)
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "members": list(self.members)}
@@ -57,7 +69,8 @@ class ReplicaMeta:
             assert isinstance(members, list) and all(isinstance(m, str) for m in members)
             meta = cls(str(raw["volume"]), int(raw["size"]), str(raw["volume_id"]),  # type: ignore[call-overload]
                        int(raw["epoch"]), tuple(members), int(raw["set_version"]),  # type: ignore[call-overload]
-                       int(raw["seq"]), bool(raw["clean"]))  # type: ignore[call-overload]
+                       int(raw["seq"]), bool(raw["clean"]),  # type: ignore[call-overload]
+                       int(raw.get("set_epoch", -1)))  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError, AssertionError) as error:
             raise VolumeError(f"replica metadata is damaged: {error!r}") from None
         return meta
@@ -175,11 +188,23 @@ class Replica:
         if self.meta.clean:
             self._save(replace(self.meta, clean=False))
 
-    def claim(self, epoch: int, members: tuple[str, ...], set_version: int) -> None:
-        """A new engine takes the volume: from now on, lower epochs are refused."""
+    def fence(self, epoch: int) -> ReplicaMeta:
+        """A starting engine's first step: from now on lower epochs are refused, and nothing here
+        changes until it writes its member set. Returns what the replica held just before (with
+        the writes applied but not yet durable counted), which the engine then plans from."""
         if epoch <= self.meta.epoch:
             raise Fenced(f"{self.meta.volume}: epoch {epoch} does not exceed this replica's {self.meta.epoch}")
-        self._save(replace(self.meta, epoch=epoch, members=members, set_version=set_version, seq=self.seq))
+        before = replace(self.meta, seq=max(self.meta.seq, self.seq))
+        self._save(replace(self.meta, epoch=epoch))
+        return before
+
+    def claim(self, epoch: int, members: tuple[str, ...], set_version: int, fenced_by_caller: bool = False) -> None:
+        """An engine takes the volume with its member set: from now on, lower epochs are refused.
+        At the replica's own epoch only the engine that fenced it may (`fenced_by_caller`)."""
+        if epoch < self.meta.epoch or (epoch == self.meta.epoch and not fenced_by_caller):
+            raise Fenced(f"{self.meta.volume}: epoch {epoch} does not exceed this replica's {self.meta.epoch}")
+        self._save(replace(self.meta, epoch=epoch, set_epoch=epoch, members=members, set_version=set_version,
+                           seq=self.seq))
 
     def adopt(self, epoch: int) -> None:
         """A running engine takes this replica in to rebuild it: its epoch fences older engines,
@@ -204,11 +229,11 @@ class Replica:
     def set_members(self, epoch: int, members: tuple[str, ...], set_version: int, seq: int = 0) -> None:
         """A new member set; `seq`: a rebuild completed here holds every write up to it."""
         self._check(epoch)
+        if (epoch, set_version) < self.meta.set_id:
+            raise VolumeError(f"{self.meta.volume}: member set {set_version} of epoch {epoch} is older than "
+                              f"{self.meta.set_version} of epoch {self.meta.set_epoch}")
         self.seq = max(self.seq, seq)
-        if set_version < self.meta.set_version:
-            raise VolumeError(f"{self.meta.volume}: member-set version {set_version} is older than "
-                              f"{self.meta.set_version}")
-        self._save(replace(self.meta, members=members, set_version=set_version, seq=self.seq))
+        self._save(replace(self.meta, set_epoch=epoch, members=members, set_version=set_version, seq=self.seq))
 
     def write(self, epoch: int, offset: int, data: bytes, seq: int, fua: bool) -> None:
         self._check(epoch)

@@ -118,6 +118,37 @@ def test_a_replica_refuses_older_epochs_and_keeps_its_metadata_across_reopen(tmp
         ReplicaStore(tmp_path).open("db", 2 << 20, create=False)
 
 
+def test_a_fence_freezes_a_replica_until_its_engine_claims_it(tmp_path: Path) -> None:
+    replica = ReplicaStore(tmp_path).open("db", 1 << 20, create=True)
+    replica.claim(2, ("a:1", "b:1"), 3)
+    replica.write(2, 0, b"x" * 512, seq=7, fua=False)  # applied, not yet durable
+    before = replica.fence(3)
+    assert (before.epoch, before.set_id, before.seq) == (2, (2, 3), 7), "the fence reports what it froze"
+    with pytest.raises(Fenced):
+        replica.write(2, 0, b"y" * 512, seq=8, fua=False)
+    with pytest.raises(Fenced):
+        replica.fence(3)
+    with pytest.raises(Fenced, match="does not exceed"):
+        replica.claim(3, ("a:1",), 4)  # another engine of the same epoch
+    assert replica.meta.set_id == (2, 3) and replica.meta.members == ("a:1", "b:1")
+    replica.claim(3, ("a:1", "c:1"), 1, fenced_by_caller=True)
+    assert replica.meta.set_id == (3, 1), "a newer epoch's set wins whatever its version"
+    with pytest.raises(VolumeError, match="older than"):
+        replica.set_members(3, ("a:1",), 0)
+    replica.close()
+    saved = json.loads((tmp_path / "db.meta").read_text())
+    del saved["set_epoch"]  # written before the field existed: the set is of the replica's epoch
+    assert ReplicaMeta.from_json(saved).set_id == (3, 1)
+
+
+def test_a_fenced_replica_is_judged_by_the_set_it_last_joined() -> None:
+    """a was fenced at epoch 5 by an engine that died before claiming: its data is that of set 3/5."""
+    a, b, c = "a:1", "b:1", "c:1"
+    fenced = ReplicaMeta("db", 1 << 20, "id", 5, (a, c), 5, 90, set_epoch=3)
+    plan = plan_start([a, b, c], {a: fenced, b: meta(3, 4, 95, (a, b, c)), c: meta(3, 5, 91, (a, c))})
+    assert plan.members == (a, c) and plan.stale == (b,) and plan.epoch == 6
+
+
 def test_sizes_and_durations() -> None:
     assert parse_size("512MiB") == 512 << 20 and parse_size("2GiB") == 2 << 30 and parse_size("4096") == 4096
     for bad in ("10GB", "-1MiB", "100", "0"):
