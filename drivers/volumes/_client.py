@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from drivers.volumes._batched_writer import BatchedWriter
 from drivers.volumes._errors import Fenced, ProtocolError, VolumeError
 from drivers.volumes._wire import STATUS_FENCED, STATUS_OK, Secrets, client_handshake, encode_frame, read_frame
 
@@ -32,6 +33,11 @@ class ReplicaLink(Protocol):
     @property
     def outstanding(self) -> int:
         """Requests sent and not yet answered."""
+        ...
+
+    @property
+    def oldest_unanswered(self) -> float | None:
+        """When the oldest request still waiting for its answer was sent (loop time), or None."""
         ...
 
     async def connect(self, timeout: float) -> None: ...
@@ -75,8 +81,11 @@ class ReplicaClient:
         self._on_lost = on_lost
         self._secrets = secrets
         self._writer: asyncio.StreamWriter | None = None
+        self._out: BatchedWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[int, Reply] = {}
+        self._sent_at: dict[int, float] = {}
+        """When each pending request was sent; oldest first."""
         self._ids = itertools.count(1)
         self.closed_because = ""
 
@@ -95,6 +104,7 @@ class ReplicaClient:
         except ProtocolError as error:
             raise ReplicaLost(f"{self.address}: {error}") from None
         self._writer = writer
+        self._out = BatchedWriter(writer)
         self._reader_task = asyncio.create_task(self._read(reader))
 
     @property
@@ -105,11 +115,16 @@ class ReplicaClient:
     def outstanding(self) -> int:
         return len(self._pending)
 
+    @property
+    def oldest_unanswered(self) -> float | None:
+        return next(iter(self._sent_at.values()), None)
+
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 request_id, status, header, data = await read_frame(reader)
                 future = self._pending.pop(request_id, None)
+                self._sent_at.pop(request_id, None)
                 if future is not None and not future.done():
                     future.set_result((status, header, data))
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ProtocolError) as error:
@@ -124,19 +139,22 @@ class ReplicaClient:
             if not future.done():
                 future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because}"))
         self._pending.clear()
+        self._sent_at.clear()
         if self._writer is not None:
             self._writer.close()
 
     def send(self, op: int, header: dict[str, Any], data: bytes = b"") -> Reply:
-        """Write the request now; the future resolves with (status, header, data)."""
+        """Queue the request (it leaves with the others of this loop turn); the future resolves
+        with (status, header, data)."""
         loop = asyncio.get_running_loop()
         future: Reply = loop.create_future()
-        if self._writer is None or self.closed_because:
+        if self._out is None or self.closed_because:
             future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because or 'not connected'}"))
             return future
         request_id = next(self._ids)
         self._pending[request_id] = future
-        self._writer.write(encode_frame(request_id, op, header, data))
+        self._sent_at[request_id] = loop.time()
+        self._out.write(encode_frame(request_id, op, header, data))
         return future
 
     async def call(self, op: int, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:

@@ -85,6 +85,26 @@ class EngineStatus:
                 "rebuilds": {address: r.to_json() for address, r in self.rebuilds.items()}}
 
 
+class _Tally:
+    """Answers to one request sent to every member: decided once `need` hold it, or once so many
+    failed that `need` no longer can."""
+
+    def __init__(self, sent: int, need: int) -> None:
+        self.decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ok = self.failed = 0
+        self._sent, self._need = sent, need
+        if sent < need:
+            self.decided.set_result(None)
+
+    def add(self, held: bool) -> None:
+        if held:
+            self.ok += 1
+        else:
+            self.failed += 1
+        if not self.decided.done() and (self.ok >= self._need or self.failed > self._sent - self._need):
+            self.decided.set_result(None)
+
+
 class Engine:
     def __init__(self, volume: str, size: int, replicas: list[str], secrets: Secrets,
                  replica_timeout: float = 8.0, rebuild_rate: float = DEFAULT_REBUILD_RATE,
@@ -165,6 +185,7 @@ class Engine:
         self.status.members, self.status.stale = members, plan.stale
         self._seq = max((m.seq for m in found.values() if m is not None), default=0)
         self._start_background(self._repair_loop())
+        self._start_background(self._watch_timeouts())
         log.info("%s: serving at epoch %d from %s (set version %d)%s", self.status.volume, plan.epoch,
                  ", ".join(members), plan.set_version,
                  f"; left out: {', '.join(plan.stale)}" if plan.stale else "")
@@ -263,18 +284,15 @@ class Engine:
         if self.status.fault:
             raise NoQuorum(self.status.fault)
 
-    async def _guard(self, address: str, future: Reply,
-                     span: tuple[int, int] | None = None) -> tuple[dict[str, Any], bytes] | None:
-        """One replica's answer, or None after ejecting it (failure or timeout); a write it did
-        not take is remembered for its catch-up."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                status, answer, data = await future
-        except TimeoutError:
-            reason = f"no answer within {self._timeout:g}s"
-        except ReplicaLost as error:
+    def _judge(self, address: str, future: Reply,
+               span: tuple[int, int] | None = None) -> tuple[dict[str, Any], bytes] | None:
+        """A finished request's answer, or None after ejecting its replica (or fencing this
+        engine); a write the replica did not take is remembered for its catch-up."""
+        error = ReplicaLost(f"{address}: request cancelled") if future.cancelled() else future.exception()
+        if error is not None:
             reason = str(error)
         else:
+            status, answer, data = future.result()
             if status == 0:
                 return answer, data
             if status == 2:
@@ -284,6 +302,28 @@ class Engine:
         self._missed_by(address, span)
         self._begin_eject(address, reason)
         return None
+
+    async def _guard(self, address: str, future: Reply,
+                     span: tuple[int, int] | None = None) -> tuple[dict[str, Any], bytes] | None:
+        """One replica's answer, or None after ejecting it. A request never waits longer than the
+        replica timeout: the watchdog ejects a replica that leaves one unanswered, which fails
+        every request still waiting on it."""
+        with contextlib.suppress(ReplicaLost):
+            await future
+        return self._judge(address, future, span)
+
+    async def _watch_timeouts(self) -> None:
+        """Eject a replica whose oldest unanswered request is older than the replica timeout.
+        One sweep for every request, instead of a timer per request and replica."""
+        step = self._timeout / 8
+        loop = asyncio.get_running_loop()
+        while not self.status.fault:
+            await asyncio.sleep(step)
+            now = loop.time()
+            for address in (*self.members, *self._write_only):
+                since = self._clients[address].oldest_unanswered
+                if since is not None and now - since > self._timeout:
+                    self._begin_eject(address, f"no answer within {self._timeout:g}s")
 
     def _start_background(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coroutine)
@@ -319,37 +359,36 @@ class Engine:
             for address in self.status.configured:
                 if address not in self.members and address not in self._write_only:
                     self._missed_by(address, span)
-            guards = [asyncio.ensure_future(self._guard(a, self._clients[a].send(op, header, data), span))
-                      for a in self.members]
+            replies = [(a, self._clients[a].send(op, header, data)) for a in self.members]
             # A replica being rebuilt gets the write but not its sequence number: until its rebuild
             # completes, its sequence must not claim writes it does not hold yet.
             partial = {**header, "seq": 0} if "seq" in header else header
             for address in list(self._write_only):
                 self._start_background(self._guard(address, self._clients[address].send(op, partial, data), span))
-        ok = failed = 0
-        pending = set(guards)
-        while pending and ok < self._need and failed <= len(guards) - self._need:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for guard in done:
-                if guard.result() is None:
-                    failed += 1
-                else:
-                    ok += 1
-        for guard in pending:  # the rest finish (or eject their replica) on their own
-            self._background.add(guard)
-            guard.add_done_callback(self._background.discard)
+        tally = _Tally(len(replies), self._need)
+        for address, reply in replies:
+            reply.add_done_callback(functools.partial(self._count, tally, address, span))
+        await tally.decided
         await self._settled.wait()  # a membership change goes first
         self._check_serving()
-        if ok < self._need:
-            raise NoQuorum(f"{self.status.volume}: {ok} of {len(self.status.configured)} replicas hold it; "
+        if tally.ok < self._need:
+            raise NoQuorum(f"{self.status.volume}: {tally.ok} of {len(self.status.configured)} replicas hold it; "
                            f"{self._need} needed")
 
+    def _count(self, tally: _Tally, address: str, span: tuple[int, int] | None, reply: Reply) -> None:
+        tally.add(self._judge(address, reply, span) is not None)
+
     def _fence(self, reason: str) -> None:
+        self._fault(f"fenced: {reason}")
+
+    def _fault(self, reason: str) -> None:
+        """Stop serving: nothing more is acknowledged, and every request still waiting on a replica
+        fails now rather than at some later timeout."""
         if not self.status.fault:
-            self.status.fault = f"fenced: {reason}"
-            log.error("%s: %s; no more acknowledgements", self.status.volume, self.status.fault)
+            self.status.fault = reason
+            log.error("%s: %s; no more acknowledgements", self.status.volume, reason)
         for client in self._clients.values():
-            client.close("fenced")
+            client.close(reason)
 
     def _begin_eject(self, address: str, reason: str) -> None:
         """Start ejecting `address`; acknowledgements wait until every ejection is done."""
@@ -378,17 +417,15 @@ class Engine:
                 self.status.members = remaining
                 self.status.set_version += 1
                 if len(remaining) < self._need:
-                    self.status.fault = (f"{len(remaining)} of {len(self.status.configured)} replicas left; "
-                                         f"{self._need} needed")
-                    log.error("%s: %s", self.status.volume, self.status.fault)
+                    self._fault(f"{len(remaining)} of {len(self.status.configured)} replicas left; "
+                                f"{self._need} needed")
                     return
                 header = {"volume": self.status.volume, "epoch": self.status.epoch, "members": list(remaining),
                           "set_version": self.status.set_version}
                 results = await asyncio.gather(
                     *(self._members_update(a, header) for a in remaining), return_exceptions=True)
                 if sum(1 for r in results if r is True) < self._need:
-                    self.status.fault = "the member-set change did not reach a majority"
-                    log.error("%s: %s", self.status.volume, self.status.fault)
+                    self._fault("the member-set change did not reach a majority")
             finally:
                 self._ejecting.discard(address)
                 if not self._ejecting:

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from drivers.volumes import _nbd
+from drivers.volumes._batched_writer import BatchedWriter
 from drivers.volumes._engine import Engine
 from drivers.volumes._errors import VolumeError
 
@@ -107,6 +108,7 @@ class NbdServer:
             if export is None:
                 return
             size = self._engine.status.size
+            out = BatchedWriter(writer)
             while True:
                 try:
                     request = _nbd.parse_request(await reader.readexactly(_nbd.REQUEST.size))
@@ -124,10 +126,9 @@ class NbdServer:
                 if request.command == _nbd.Command.DISC:
                     break
                 if problem:
-                    async with lock:
-                        writer.write(_nbd.simple_reply(request.cookie, problem))
+                    out.write(_nbd.simple_reply(request.cookie, problem))
                     continue
-                job = asyncio.create_task(self._answer(request, data, writer, lock))
+                job = asyncio.create_task(self._answer(request, data, out, lock))
                 inflight.add(job)
                 job.add_done_callback(inflight.discard)
             if inflight:
@@ -142,8 +143,7 @@ class NbdServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _answer(self, request: _nbd.Request, data: bytes, writer: asyncio.StreamWriter,
-                      lock: asyncio.Lock) -> None:
+    async def _answer(self, request: _nbd.Request, data: bytes, out: BatchedWriter, lock: asyncio.Lock) -> None:
         engine = self._engine
         payload = b""
         error = 0
@@ -161,7 +161,7 @@ class NbdServer:
             log.warning("nbd: %s %d+%d failed: %s", _nbd.Command(request.command).name, request.offset,
                         request.length, failure)
             error, payload = errno.EIO, b""
-        async with lock:
-            writer.write(_nbd.simple_reply(request.cookie, error) + payload)
+        out.write(_nbd.simple_reply(request.cookie, error) + payload)
+        async with lock:  # one waiter at a time when the client is slow to read
             with contextlib.suppress(ConnectionError):
-                await writer.drain()
+                await out.drain()

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from drivers.volumes._batched_writer import BatchedWriter
 from drivers.volumes._errors import ProtocolError
 from drivers.volumes._replica_service import ReplicaService
 from drivers.volumes._store import ReplicaStore
@@ -70,14 +71,15 @@ class ReplicaServer:
         session = next(self._sessions)
         try:
             await server_handshake(reader, writer, self._secrets)
+            out = BatchedWriter(writer)
             while True:
                 request_id, op, header, data = await read_frame(reader)
                 if op == OP_FLUSH:  # fdatasync may take a while: off the loop, in request order still
                     status, answer, payload = await asyncio.to_thread(self.service.answer, op, header, data, session)
                 else:
                     status, answer, payload = self.service.answer(op, header, data, session)
-                writer.write(encode_frame(request_id, status, answer, payload))
-                await writer.drain()
+                out.write(encode_frame(request_id, status, answer, payload))
+                await out.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass
         except ProtocolError as error:

@@ -102,7 +102,8 @@ class MemoryLink:
         self._session = next(MemoryLink._sessions)
         self.closed_because = ""
         self._open = False
-        self._pending: set[Reply] = set()
+        self._pending: dict[Reply, float] = {}
+        """Each request waiting for its answer, with when it was sent; oldest first."""
         self._queue: deque[tuple[float, Reply, int, dict[str, Any], bytes]] = deque()
         self._pump_scheduled = False
         self._reset = False
@@ -114,6 +115,10 @@ class MemoryLink:
     @property
     def outstanding(self) -> int:
         return len(self._pending)
+
+    @property
+    def oldest_unanswered(self) -> float | None:
+        return next(iter(self._pending.values()), None)
 
     async def connect(self, timeout: float) -> None:
         if not self._replica.running:
@@ -130,11 +135,14 @@ class MemoryLink:
         if not self.connected:
             future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because or 'not connected'}"))
             return future
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        self._pending[future] = loop.time()
+        future.add_done_callback(self._answered)
         self._queue.append((loop.time() + LATENCY, future, op, header, data))
         self._pump()
         return future
+
+    def _answered(self, future: Reply) -> None:
+        self._pending.pop(future, None)
 
     def _pump(self) -> None:
         """Deliver queued requests strictly in order (one TCP stream), each after its latency,
