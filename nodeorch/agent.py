@@ -44,6 +44,7 @@ from nodeorch.spec.desired_watcher import DesiredWatcher
 from nodeorch.spec.node_config import NodeConfig, is_loopback
 from nodeorch.spec.secret_files import KeyringFileError, load_keyring, load_token
 from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.spec.volume_spec import held_reason
 from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
@@ -273,7 +274,9 @@ class Agent:
         return self._runner.placement()
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
-        return self.desired.state.services if self.desired.state else ()
+        """The services to place: all but those held (see `held_reason`)."""
+        services = self.desired.state.services if self.desired.state else ()
+        return tuple(s for s in services if not held_reason(s))
 
     def address_of(self, name: str) -> str | None:
         member = self.node.member(name)

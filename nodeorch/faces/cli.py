@@ -102,7 +102,8 @@ def show_services(data: list[dict[str, Any]]) -> str:
     rows = []
     for service in data:
         running = sum(1 for i in service["instances"] if i["state"] == "running")
-        rows.append((service["name"], f"{running}/{service['desired']}", "", "", "", ""))
+        held = service.get("held", "")
+        rows.append((service["name"], f"{running}/{service['desired']}", "", "", "held" if held else "", held))
         for i in service["instances"]:
             rows.append(("", "", i["slot"], i["node"], i["state"], i["health"]))
     return table(rows, ["SERVICE", "RUNNING", "SLOT", "NODE", "STATE", "HEALTH"])

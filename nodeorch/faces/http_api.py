@@ -24,6 +24,7 @@ from nodeorch.faces.agent_view import AgentView
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
 from nodeorch.spec.node_config import DEFAULT_API_PORT
+from nodeorch.spec.volume_spec import held_reason
 from nodeorch.state.node_document import decode_labels
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,10 @@ def services_json(agent: AgentView) -> list[dict[str, Any]]:
         desired = sum(1 for a in agent.placement() if a.service == spec.name)
         instances = sorted(reported.pop(spec.name, []), key=lambda i: (str(i["slot"]), i["node"]))
         out.append({"name": spec.name, "desired": desired, "instances": instances})
+    for spec in agent.desired.state.services if agent.desired.state else ():
+        reason = held_reason(spec)
+        if reason:
+            out.append({"name": spec.name, "desired": 0, "instances": reported.pop(spec.name, []), "held": reason})
     for name, instances in sorted(reported.items()):  # still running, no longer desired
         out.append({"name": name, "desired": 0, "instances": instances})
     return out

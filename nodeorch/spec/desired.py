@@ -11,10 +11,10 @@ import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nodeorch.spec.node_config import ConfigFileError, find_line, read_config_file
 from nodeorch.spec.service_spec import ServiceSpec, parse_services
+from nodeorch.spec.volume_spec import VolumeSpec, parse_volumes
 
 _TOP_KEYS = {"revision", "service", "volume"}
 
@@ -24,7 +24,8 @@ class DesiredState:
     revision: int
     digest: str
     services: tuple[ServiceSpec, ...] = ()
-    volumes: tuple[dict[str, Any], ...] = ()
+    volumes: tuple[VolumeSpec, ...] = ()
+    """Every volume the cluster keeps, per-slot ones expanded (`db-0`, `db-1`, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,4 +67,5 @@ def parse_desired(data: bytes, path: Path | str = "desired.toml") -> DesiredStat
     for kind, items in (("service", services), ("volume", volumes)):
         if type(items) is not list or any(type(i) is not dict for i in items):
             raise ConfigFileError(path, f"must be an array of tables: [[{kind}]]", key=kind)
-    return DesiredState(revision, digest_of(data), parse_services(path, text, services), tuple(volumes))
+    parsed = parse_services(path, text, services)
+    return DesiredState(revision, digest_of(data), parsed, parse_volumes(path, text, volumes, parsed))

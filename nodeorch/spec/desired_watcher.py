@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nodeorch.spec.desired import DesiredStatus, load_desired
 from nodeorch.spec.node_config import ConfigFileError
+from nodeorch.spec.volume_spec import check_growth
 from nodeorch.state.event_log import EventLog
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class DesiredWatcher:
         self._mtime = mtime
         try:
             state = load_desired(self._path)
+            if self.status.state is not None:
+                check_growth(self.status.state.volumes, state.volumes, self._path)
         except ConfigFileError as error:
             changed = self.status.error != str(error)
             self.status = DesiredStatus(self.status.state, str(error))

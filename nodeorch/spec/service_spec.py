@@ -35,6 +35,21 @@ class HealthSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """A volume a service uses, and where its instances see it."""
+
+    volume: str
+    path: str
+    per_slot: bool = False
+    """One volume per slot, named VOLUME-SLOT (declared once, as a template)."""
+
+    @property
+    def variable(self) -> str:
+        """NODEORCH_VOLUME_<NAME>: the mount point, for process instances (the same in every slot)."""
+        return "NODEORCH_VOLUME_" + re.sub(r"[^A-Z0-9]", "_", self.volume.upper())
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
     driver: str = "process"
@@ -50,6 +65,7 @@ class ServiceSpec:
     restart_max_delay: float = 60.0
     stop_grace: float = 10.0
     health: HealthSpec | None = None
+    volumes: tuple[VolumeMount, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -58,35 +74,39 @@ class ServiceSpec:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _service_line(text: str, index: int, key: str, section: str = "") -> int | None:
-    """The line of `key` inside the index-th [[service]] (or its [service.SECTION] table)."""
+def _table_line(text: str, kind: str, index: int, key: str, section: str = "") -> int | None:
+    """The line of `key` inside the index-th [[KIND]] table (or its [KIND.SECTION] table)."""
     count, current = -1, ""
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if line == "[[service]]":
+        if line == f"[[{kind}]]":
             count, current = count + 1, ""
             if count == index and not key:
                 return number
         elif line.startswith("[") and count == index:
-            current = line.strip("[] ").removeprefix("service.")
+            current = line.strip("[] ").removeprefix(f"{kind}.")
         elif count == index and current == section and re.match(rf"^{re.escape(key)}\s*=", line):
             return number
     return None
 
 
-class _Service:
-    """Reads one [[service]] table, each key once, with errors that point at it."""
+class TableReader:
+    """Reads one [[KIND]] table of desired.toml, each key once, with errors that point at it."""
 
-    def __init__(self, path: Path, text: str, index: int, raw: dict[str, Any]) -> None:
-        self.path, self.text, self.index, self.raw = path, text, index, dict(raw)
+    def __init__(self, path: Path, text: str, index: int, raw: dict[str, Any], kind: str = "service") -> None:
+        self.path, self.text, self.index, self.raw, self.kind = path, text, index, dict(raw), kind
         name = raw.get("name")
-        self.label = f"service[{name if isinstance(name, str) and name else index}]"
+        self.label = f"{kind}[{name if isinstance(name, str) and name else index}]"
         self.section = ""
+
+    def line(self, key: str) -> int | None:
+        """Where `key` is written, or (for a missing key) where its table starts."""
+        found = _table_line(self.text, self.kind, self.index, key, self.section)
+        return found if found is not None else _table_line(self.text, self.kind, self.index, "")
 
     def fail(self, key: str, problem: str) -> ConfigFileError:
         qualified = f"{self.label}.{self.section + '.' if self.section else ''}{key}"
-        line = _service_line(self.text, self.index, key, self.section)
-        return ConfigFileError(self.path, problem, key=qualified, line=line)
+        return ConfigFileError(self.path, problem, key=qualified, line=self.line(key))
 
     def take(self, key: str, check: Callable[[Any], Any], default: Any) -> Any:
         if key not in self.raw:
@@ -102,7 +122,7 @@ class _Service:
             raise self.fail(key, f"unknown key (known: {', '.join(known)})")
 
 
-def _string(value: Any) -> str:
+def string_value(value: Any) -> str:
     if type(value) is not str:
         raise TypeError(f"expected a string, got {value!r}")
     return value
@@ -116,14 +136,14 @@ def _boolean(value: Any) -> bool:
 
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
-        if _string(value) not in choices:
+        if string_value(value) not in choices:
             raise ValueError(f"{value!r}: expected {' or '.join(choices)}")
         return str(value)
 
     return check
 
 
-def _integer(low: int, high: int) -> Callable[[Any], int]:
+def integer_in(low: int, high: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if type(value) is not int or not low <= value <= high:
             raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
@@ -132,10 +152,10 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
     return check
 
 
-def _duration(value: Any) -> float:
+def duration_value(value: Any) -> float:
     if type(value) in (int, float) and value >= 0:
         return float(value)
-    return parse_duration(_string(value))
+    return parse_duration(string_value(value))
 
 
 def _argv(value: Any) -> tuple[str, ...]:
@@ -144,7 +164,7 @@ def _argv(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _table(value: Any) -> dict[str, str]:
+def string_table(value: Any) -> dict[str, str]:
     if type(value) is not dict or not all(type(v) is str for v in value.values()):
         raise TypeError("expected a table of strings")
     return dict(value)
@@ -157,20 +177,43 @@ def _ports(value: Any) -> tuple[int, ...]:
 
 
 _SERVICE_KEYS = ["name", "driver", "image", "command", "scale", "global", "spread", "node_selector", "env",
-                 "ports", "restart_delay", "restart_max_delay", "stop_grace", "health"]
+                 "ports", "restart_delay", "restart_max_delay", "stop_grace", "health", "volumes"]
+_MOUNT_KEYS = {"volume", "path", "per_slot"}
+
+
+def _mounts(value: Any) -> tuple[VolumeMount, ...]:
+    if type(value) is not list or not all(type(m) is dict for m in value):
+        raise TypeError('expected a list of tables like { volume = "db", path = "/var/lib/db" }')
+    mounts: list[VolumeMount] = []
+    for number, raw in enumerate(value, start=1):
+        unknown = set(raw) - _MOUNT_KEYS
+        if unknown:
+            raise ValueError(f"entry {number}: unknown key {sorted(unknown)[0]!r} (known: path, per_slot, volume)")
+        volume, path, per_slot = raw.get("volume"), raw.get("path"), raw.get("per_slot", False)
+        if type(volume) is not str or not volume:
+            raise ValueError(f"entry {number}: volume: expected the name of a [[volume]]")
+        if type(path) is not str or not path.startswith("/") or "\0" in path:
+            raise ValueError(f"entry {number}: path: expected an absolute path, got {path!r}")
+        if type(per_slot) is not bool:
+            raise ValueError(f"entry {number}: per_slot: expected true or false")
+        mounts.append(VolumeMount(volume, path, per_slot))
+    if len({m.volume for m in mounts}) != len(mounts) or len({m.path for m in mounts}) != len(mounts):
+        raise ValueError("each volume and each path at most once")
+    return tuple(mounts)
 _HEALTH_KEYS = ["kind", "port", "path", "command", "interval", "timeout", "healthy_threshold",
                 "unhealthy_threshold", "initializing_timeout", "strategy", "quorum"]
 
 
 def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> ServiceSpec:
-    s = _Service(path, text, index, raw)
+    s = TableReader(path, text, index, raw)
     if "name" not in s.raw:
-        raise ConfigFileError(path, "missing", key=f"service[{index}].name", line=_service_line(text, index, ""))
-    name = s.take("name", _string, "")
+        raise ConfigFileError(path, "missing", key=f"service[{index}].name",
+                              line=_table_line(text, "service", index, ""))
+    name = s.take("name", string_value, "")
     if not _NAME.match(name):
         raise s.fail("name", f"{name!r}: lowercase letters, digits and '-', at most 63")
     driver = s.take("driver", _choice("process", "docker"), "process")
-    image = s.take("image", _string, "")
+    image = s.take("image", string_value, "")
     command = s.take("command", _argv, ())
     if driver == "docker" and not image:
         raise s.fail("image", "required for driver = \"docker\"")
@@ -181,46 +224,47 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
     global_ = s.take("global", _boolean, False)
     if "scale" in s.raw and global_:
         raise s.fail("scale", "a global service runs one instance per eligible node: remove scale or global")
-    scale = s.take("scale", _integer(0, 1000), 1)
+    scale = s.take("scale", integer_in(0, 1000), 1)
     spread = s.take("spread", _choice("node", "none"), "node")
-    selector = s.take("node_selector", _table, {})
-    env = s.take("env", _table, {})
+    selector = s.take("node_selector", string_table, {})
+    env = s.take("env", string_table, {})
     ports = s.take("ports", _ports, ())
-    restart_delay = s.take("restart_delay", _duration, 1.0)
-    restart_max_delay = s.take("restart_max_delay", _duration, 60.0)
+    restart_delay = s.take("restart_delay", duration_value, 1.0)
+    restart_max_delay = s.take("restart_max_delay", duration_value, 60.0)
     if restart_max_delay < restart_delay:
         raise s.fail("restart_max_delay", "must not be shorter than restart_delay")
-    stop_grace = s.take("stop_grace", _duration, 10.0)
-    health_raw = s.take("health", lambda v: v if type(v) is dict else _table(v), None)
+    stop_grace = s.take("stop_grace", duration_value, 10.0)
+    health_raw = s.take("health", lambda v: v if type(v) is dict else string_table(v), None)
+    volumes = s.take("volumes", _mounts, ())
     s.finish(_SERVICE_KEYS)
     health = None
     if health_raw is not None:
-        h = _Service(path, text, index, health_raw)
+        h = TableReader(path, text, index, health_raw)
         h.label, h.section = s.label, "health"
         kind = h.take("kind", _choice("http", "tcp", "exec"), None)
         if kind is None:
             raise h.fail("kind", "missing: http, tcp or exec")
-        port = h.take("port", _integer(1, 65535), 0)
+        port = h.take("port", integer_in(1, 65535), 0)
         if kind in ("http", "tcp") and not port:
             raise h.fail("port", f"required for kind = \"{kind}\"")
         health = HealthSpec(
             kind=kind,
             port=port,
-            path=h.take("path", _string, "/"),
+            path=h.take("path", string_value, "/"),
             command=h.take("command", _argv, ()),
-            interval=h.take("interval", _duration, 2.0),
-            timeout=h.take("timeout", _duration, 2.0),
-            healthy_threshold=h.take("healthy_threshold", _integer(1, 100), 2),
-            unhealthy_threshold=h.take("unhealthy_threshold", _integer(1, 100), 3),
-            initializing_timeout=h.take("initializing_timeout", _duration, 60.0),
+            interval=h.take("interval", duration_value, 2.0),
+            timeout=h.take("timeout", duration_value, 2.0),
+            healthy_threshold=h.take("healthy_threshold", integer_in(1, 100), 2),
+            unhealthy_threshold=h.take("unhealthy_threshold", integer_in(1, 100), 3),
+            initializing_timeout=h.take("initializing_timeout", duration_value, 60.0),
             strategy=h.take("strategy", _choice("recreate", "recreate_on_quorum", "none"), "recreate"),
-            quorum=h.take("quorum", _integer(0, 1000), 1),
+            quorum=h.take("quorum", integer_in(0, 1000), 1),
         )
         if kind == "exec" and not health.command:
             raise h.fail("command", "required for kind = \"exec\"")
         h.finish(_HEALTH_KEYS)
     return ServiceSpec(name, driver, image, command, scale, global_, spread, selector, env, ports,
-                       restart_delay, restart_max_delay, stop_grace, health)
+                       restart_delay, restart_max_delay, stop_grace, health, volumes)
 
 
 def parse_services(path: Path, text: str, raw: list[dict[str, Any]]) -> tuple[ServiceSpec, ...]:
@@ -229,6 +273,6 @@ def parse_services(path: Path, text: str, raw: list[dict[str, Any]]) -> tuple[Se
     for i, service in enumerate(services):
         if service.name in seen:
             raise ConfigFileError(path, "a service of that name is already declared",
-                                  key=f"service[{service.name}].name", line=_service_line(text, i, "name"))
+                                  key=f"service[{service.name}].name", line=_table_line(text, "service", i, "name"))
         seen.add(service.name)
     return tuple(services)

@@ -113,3 +113,22 @@ def test_metrics_have_one_family_per_meaning_and_follow_the_naming_rules() -> No
     assert samples[("nodeorch_members", (("state", "dead"),))] == 1
     names = Counter(f.name for f in text_string_to_metric_families(render_metrics(view())))
     assert max(names.values()) == 1, "each family is declared once"
+
+
+HELD = parse_desired(b'revision = 5\n[[volume]]\nname = "db"\nsize = "1GiB"\n'
+                     b'[[service]]\nname = "db"\ncommand = ["db"]\nvolumes = [{ volume = "db", path = "/data" }]\n')
+
+
+class WithAVolumeService(StandIn):
+    @property
+    def desired(self) -> DesiredStatus:
+        return DesiredStatus(HELD)
+
+    def desired_services(self) -> tuple[ServiceSpec, ...]:
+        return ()
+
+
+def test_a_service_waiting_for_its_volume_is_shown_held_with_the_reason() -> None:
+    by_name = {s["name"]: s for s in services_json(WithAVolumeService())}
+    assert by_name["db"]["desired"] == 0 and "waiting for volume db" in by_name["db"]["held"]
+    assert "held" not in by_name["web"], "a service still reported but no longer desired is not held"
