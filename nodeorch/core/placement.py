@@ -7,7 +7,8 @@ Rules, in order:
 2. Stickiness: an instance already running on a node that may keep it (eligible, or merely
    suspect: a suspicion is not a death) stays there, so joins and flaps move nothing.
 3. Every other slot goes to the eligible node with the highest rendezvous score for
-   (service, slot, node), respecting spread (at most one instance of a service per node).
+   (service, slot, node), respecting spread (at most one instance of a service per node); a slot
+   whose volumes have healthy replicas goes to one of those nodes first (data locality).
 4. A global service has one slot per eligible node, named after the node.
 """
 
@@ -36,6 +37,9 @@ class ServiceShape:
     global_: bool = False
     spread: str = "node"
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    near: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Per slot, the nodes holding a healthy replica of every volume the slot uses: a slot to
+    place goes to one of them when one is eligible (data locality)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +114,8 @@ def place_service(
         candidates = [n for n in eligible if not (spread and n.name in used)]
         if not candidates:
             continue
-        best = max(candidates, key=lambda n: (rendezvous_score(service.name, slot, n.name), n.name))
+        near = service.near.get(slot, frozenset())
+        best = max(candidates, key=lambda n: (n.name in near, rendezvous_score(service.name, slot, n.name), n.name))
         assigned[slot] = best.name
         used.add(best.name)
     return [Assignment(service.name, slot, node) for slot, node in sorted(assigned.items(), key=lambda x: int(x[0]))]

@@ -1,0 +1,109 @@
+"""Replica placement, pure: one replica per node, sticky, waits for a lost replica before
+replacing it, spreads across zones, and every node computes the same answer."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nodeorch.core.placement import NodeView, ServiceShape, place_service
+from nodeorch.core.replica_placement import ReplicaSite, VolumeShape, place_replicas, place_volumes
+
+DB = VolumeShape("db", replicas=3, replenish_wait=600.0)
+
+
+def nodes(*names: str, zone: dict[str, str] | None = None, **flags: bool) -> list[NodeView]:
+    return [NodeView(n, labels={"zone": zone[n]} if zone and n in zone else {}, **flags) for n in names]
+
+
+def test_a_new_volume_gets_one_replica_on_each_of_three_nodes() -> None:
+    plan = place_replicas(DB, nodes("a", "b", "c", "d", "e"), [], {}, now=0.0)
+    assert len(plan.nodes) == 3 and len(set(plan.nodes)) == 3 and plan.new == plan.nodes
+    assert place_replicas(DB, nodes("a", "b"), [], {}, now=0.0).nodes == ("a", "b"), "fewer nodes: as many as fit"
+
+
+def test_replicas_stay_where_their_data_is_when_nodes_join() -> None:
+    sites = [ReplicaSite("db", n) for n in ("c", "d", "e")]
+    plan = place_replicas(DB, nodes("a", "b", "c", "d", "e", "f", "g"), sites, {}, now=0.0)
+    assert plan.nodes == ("c", "d", "e") and plan.new == () and plan.surplus == ()
+
+
+def test_a_lost_replica_is_waited_for_then_replaced_and_surplus_when_it_returns() -> None:
+    sites = [ReplicaSite("db", n) for n in ("a", "b", "c")]
+    down = {"c": 100.0}
+    view = [*nodes("a", "b", "d", "e"), NodeView("c", alive=False)]
+    waiting = place_replicas(DB, view, sites, down, now=100.0 + 599)
+    assert waiting.nodes == ("a", "b", "c") and waiting.waiting == ("c",) and waiting.new == ()
+    replaced = place_replicas(DB, view, sites, down, now=100.0 + 600)
+    assert "c" not in replaced.nodes and len(replaced.new) == 1 and replaced.surplus == ("c",)
+    rebuilt = [*sites, ReplicaSite("db", replaced.new[0])]
+    back = place_replicas(DB, nodes("a", "b", "c", "d", "e"), rebuilt, {}, now=2000.0)
+    assert len(back.nodes) == 3 and len(back.surplus) == 1 and back.new == ()
+
+
+def test_a_stale_replica_gives_way_before_a_healthy_one() -> None:
+    sites = [*(ReplicaSite("db", n) for n in "abc"), ReplicaSite("db", "d", healthy=False)]
+    plan = place_replicas(DB, nodes("a", "b", "c", "d"), sites, {}, now=0.0)
+    assert plan.nodes == ("a", "b", "c") and plan.surplus == ("d",)
+
+
+def test_new_replicas_go_to_zones_without_one_first() -> None:
+    zone = {"a": "z1", "b": "z1", "c": "z1", "d": "z2", "e": "z2", "f": "z3"}
+    plan = place_replicas(DB, nodes(*zone, zone=zone), [], {}, now=0.0)
+    assert sorted(zone[n] for n in plan.nodes) == ["z1", "z2", "z3"]
+    two_zones = {"a": "z1", "b": "z1", "c": "z2"}
+    plan = place_replicas(DB, nodes(*two_zones, zone=two_zones), [], {}, now=0.0)
+    assert plan.nodes == ("a", "b", "c"), "a zone may hold two when there is no third (soft)"
+
+
+def test_selectors_draining_and_suspect_nodes() -> None:
+    ssd = VolumeShape("db", replicas=2, node_selector={"disk": "ssd"})
+    view = [NodeView("a", labels={"disk": "ssd"}), NodeView("b", labels={"disk": "hdd"}),
+            NodeView("c", labels={"disk": "ssd"}, draining=True), NodeView("d", labels={"disk": "ssd"}, suspect=True),
+            NodeView("e", labels={"disk": "ssd"})]
+    assert place_replicas(ssd, view, [], {}, now=0.0).nodes == ("a", "e")
+    kept = place_replicas(ssd, view, [ReplicaSite("db", "c"), ReplicaSite("db", "d")], {}, now=0.0)
+    assert kept.nodes == ("c", "d") and kept.new == (), "a draining or suspect node keeps its replica"
+    moved = place_replicas(ssd, view, [ReplicaSite("db", "b"), ReplicaSite("db", "a")], {}, now=0.0)
+    assert moved.surplus == ("b",) and moved.new == ("e",), "a node that no longer matches gives its replica up"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 9), st.lists(st.sampled_from("abcdefghij"), unique=True, max_size=10),
+       st.lists(st.sampled_from("abcdefghij"), unique=True, max_size=6), st.randoms(use_true_random=False))
+def test_placement_is_the_same_on_every_node_and_never_doubles_a_node(
+        count: int, alive: list[str], holding: list[str], rng: random.Random) -> None:
+    volume = VolumeShape("v", replicas=count)
+    everyone = "abcdefghij"
+    view = [NodeView(n, alive=n in alive, labels={"zone": f"z{ord(n) % 3}"}) for n in everyone]
+    sites = [ReplicaSite("v", n, healthy=rng.random() < 0.8) for n in holding]
+    down = {n: 10.0 * i for i, n in enumerate(everyone) if n not in alive}
+    plan = place_replicas(volume, view, sites, down, now=650.0)
+    shuffled_view, shuffled_sites = view[:], sites[:]
+    rng.shuffle(shuffled_view)
+    rng.shuffle(shuffled_sites)
+    assert place_replicas(volume, shuffled_view, shuffled_sites, down, now=650.0) == plan
+    assert len(plan.nodes) == len(set(plan.nodes)) <= count
+    assert not set(plan.surplus) & set(plan.nodes) and set(plan.new) <= set(plan.nodes)
+    assert len(plan.nodes) == min(count, len([*alive, *plan.waiting])) or len(plan.nodes) == count
+    # stickiness: once the new replicas exist, nothing moves
+    built = [*(s for s in sites if s.node in plan.nodes), *(ReplicaSite("v", n) for n in plan.new)]
+    again = place_replicas(volume, view, built, down, now=650.0)
+    assert again.nodes == plan.nodes and again.new == ()
+
+
+def test_every_volume_is_placed_on_its_own() -> None:
+    plans = place_volumes([VolumeShape("b", 1), VolumeShape("a", 2)], nodes("x", "y"), [], {}, now=0.0)
+    assert [p.volume for p in plans] == ["a", "b"] and len(plans[0].nodes) == 2
+
+
+def test_a_slot_using_a_volume_goes_where_a_healthy_replica_is() -> None:
+    view = nodes("a", "b", "c", "d", "e")
+    free = place_service(ServiceShape("db"), view, [])[0].node
+    elsewhere = sorted({"a", "b", "c", "d", "e"} - {free})[:2]
+    near = ServiceShape("db", near={"0": frozenset(elsewhere)})
+    assert place_service(near, view, [])[0].node in elsewhere
+    unreachable = ServiceShape("db", near={"0": frozenset({"zz"})})
+    assert place_service(unreachable, view, [])[0].node == free, "no eligible replica node: placed as usual"
