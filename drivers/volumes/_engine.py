@@ -18,7 +18,7 @@ import functools
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,10 +57,12 @@ class RebuildProgress:
     full: bool
     done: int = 0
     sent: int = 0
+    kind: str = ""
+    """What is copied; by default "full" or "missed chunks"."""
 
     def to_json(self) -> dict[str, Any]:
         return {"progress": round(self.done / self.total, 4) if self.total else 1.0, "bytes_sent": self.sent,
-                "kind": "full" if self.full else "missed chunks"}
+                "kind": self.kind or ("full" if self.full else "missed chunks")}
 
 
 @dataclass(slots=True)
@@ -132,6 +134,8 @@ class Engine:
         self._rebuilds: dict[str, asyncio.Task[None]] = {}
         self._chunk_locks: dict[int, asyncio.Lock] = {}
         self._volume_id = ""
+        self._source: str | None = None
+        """While members are resynced after an unclean stop: the member reads and copies come from."""
         self.rebuild_rate = rebuild_rate
 
     @property
@@ -184,12 +188,60 @@ class Engine:
         self.status.epoch, self.status.set_version = plan.epoch, plan.set_version
         self.status.members, self.status.stale = members, plan.stale
         self._seq = max((m.seq for m in found.values() if m is not None), default=0)
+        self._resync_if_unclean({a: m for a, m in found.items() if m is not None and a in members})
         self._start_background(self._repair_loop())
         self._start_background(self._watch_timeouts())
         log.info("%s: serving at epoch %d from %s (set version %d)%s", self.status.volume, plan.epoch,
                  ", ".join(members), plan.set_version,
                  f"; left out: {', '.join(plan.stale)}" if plan.stale else "")
         return plan
+
+    def _resync_if_unclean(self, metas: dict[str, ReplicaMeta]) -> None:
+        """Members that were not closed cleanly may differ where writes were in flight when the last
+        engine stopped (none of them acknowledged to a majority, or they would be on every member
+        past the start's threshold, but some landed here and not there). Reads must not depend on
+        which member answers: the member holding the most writes becomes the source, reads prefer
+        it, and every other member is made equal to it, while the volume serves."""
+        if len(metas) < 2 or (all(m.clean for m in metas.values()) and len({m.seq for m in metas.values()}) == 1):
+            return
+        order = list(self.status.configured)
+        source = max(metas, key=lambda a: (metas[a].seq, -order.index(a)))
+        self._source = source
+        targets = [a for a in self.members if a != source]
+        for target in targets:  # until its resync completes, a target that drops out is copied in full
+            self._missed[target] = DirtyMap(self.status.size, all_dirty=True)
+        log.info("%s: resyncing %s from %s after an unclean stop", self.status.volume, ", ".join(targets), source)
+        self._start_background(self._resync(source, targets))
+
+    async def _resync(self, source: str, targets: list[str]) -> None:
+        try:
+            for target in targets:
+                if target not in self.members:
+                    continue
+                everything = DirtyMap(self.status.size, all_dirty=True)
+                progress = self.status.rebuilds[target] = RebuildProgress(self.status.size, True, kind="resync")
+                try:
+                    await self._copy_all(target, everything, progress, full=True, fresh=False,
+                                         still_wanted=functools.partial(self._is_member, target))
+                except (VolumeError, TimeoutError, ExceptionGroup) as error:
+                    log.warning("%s: resync of %s stopped: %s", self.status.volume, target, error)
+                    continue
+                finally:
+                    self.status.rebuilds.pop(target, None)
+                self._missed.pop(target, None)
+                self.status.io["resyncs"] += 1
+                log.info("%s: %s resynced from %s (%d bytes sent)", self.status.volume, target, source, progress.sent)
+        finally:
+            self._source = None
+
+    def _is_member(self, address: str) -> bool:
+        return address in self.members
+
+    def _read_order(self) -> tuple[str, ...]:
+        source = self._source
+        if source is None or source not in self.members:
+            return self.members
+        return (source, *(a for a in self.members if a != source))
 
     async def _fence_replica(self, address: str, epoch: int) -> ReplicaMeta | None:
         """Raise `address` to `epoch`; what it held just before, or None if it refused or failed."""
@@ -339,7 +391,7 @@ class Engine:
     @contextlib.asynccontextmanager
     async def _chunks_locked(self, span: tuple[int, int] | None) -> AsyncIterator[None]:
         """While a rebuild runs, a write waits for the chunks it touches to be out of its copy."""
-        if span is None or not self._rebuilds or span[1] <= 0:
+        if span is None or not self.status.rebuilds or span[1] <= 0:
             yield
             return
         first, last = span[0] // REGION, (span[0] + span[1] - 1) // REGION
@@ -458,7 +510,7 @@ class Engine:
         """From the first member that answers (in configured order: list the local replica first)."""
         self._check_serving()
         header = {"volume": self.status.volume, "epoch": self.status.epoch, "offset": offset, "length": length}
-        for address in self.members:
+        for address in self._read_order():
             answer = await self._guard(address, self._clients[address].send(OP_READ, header))
             if answer is not None:
                 self.status.io["read_ops"] += 1
@@ -518,24 +570,8 @@ class Engine:
         try:
             await client.call(OP_ADOPT, {"volume": self.status.volume, "epoch": self.status.epoch})
             self._write_only.add(address)
-            limit = asyncio.Semaphore(REBUILD_PARALLEL)
-            started = asyncio.get_running_loop().time()
-
-            async def copy(region: int) -> None:
-                async with limit:
-                    if address not in self._write_only:
-                        raise ReplicaLost(f"{address}: dropped out during its rebuild")
-                    moved, covered = await self._copy_region(address, region, missed, full, fresh)
-                    progress.done += covered
-                    progress.sent += moved
-                    wait = started + progress.sent / self.rebuild_rate - asyncio.get_running_loop().time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-
-            async with asyncio.TaskGroup() as copies:
-                for region in list(missed.dirty_regions()):
-                    copies.create_task(copy(region))
-            self.status.io["rebuild_bytes"] += progress.sent
+            await self._copy_all(address, missed, progress, full=full, fresh=fresh,
+                                 still_wanted=lambda: address in self._write_only)
             self.status.io["rebuilds"] += 1
             await self._promote(address)
             log.info("%s: %s rebuilt (%d bytes sent) and back in the member set", self.status.volume, address,
@@ -547,6 +583,31 @@ class Engine:
         finally:
             self.status.rebuilds.pop(address, None)
 
+    async def _copy_all(self, address: str, missed: DirtyMap, progress: RebuildProgress, *, full: bool, fresh: bool,
+                        still_wanted: Callable[[], bool]) -> None:
+        """Copy every dirty region to `address`, several at a time, at most at the rebuild rate."""
+        limit = asyncio.Semaphore(REBUILD_PARALLEL)
+        started = asyncio.get_running_loop().time()
+
+        async def copy(region: int) -> None:
+            async with limit:
+                if not still_wanted():
+                    raise ReplicaLost(f"{address}: dropped out during its copy")
+                moved, covered = await self._copy_region(address, region, missed, full, fresh)
+                progress.done += covered
+                progress.sent += moved
+                wait = started + progress.sent / self.rebuild_rate - asyncio.get_running_loop().time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+
+        try:
+            async with asyncio.TaskGroup() as copies:
+                for region in list(missed.dirty_regions()):
+                    copies.create_task(copy(region))
+        finally:
+            self.status.io["rebuild_bytes"] += progress.sent
+            self.status.io["rebuild_ms"] += round((asyncio.get_running_loop().time() - started) * 1000)
+
     async def _copy_region(self, address: str, region: int, missed: DirtyMap, full: bool,
                            fresh: bool) -> tuple[int, int]:
         """Copy the dirty runs of one region from a member to `address`; returns (bytes sent,
@@ -554,7 +615,7 @@ class Engine:
         of the source move (holes are zeroed there, or left alone on a fresh replica, never read),
         and an existing replica's ranges whose SHA-256 already matches are skipped."""
         async with self._chunks_locked(missed.region_span(region)):
-            source = self._clients[self.members[0]]
+            source = self._clients[self._read_order()[0]]
             target = self._clients[address]
             base = {"volume": self.status.volume, "epoch": self.status.epoch}
             sent = covered = 0

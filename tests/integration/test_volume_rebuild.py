@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from .test_volume_data_path import fio_with_a_fault
-from .volumes import VolumeRig, io_ok, volume_rig, wait_until
+from .volumes import VolumeRig, io_ok, need, volume_rig, wait_until
 
 
 def healthy_with_all(rig: VolumeRig, engine_status: dict[str, object]) -> bool:
@@ -78,3 +79,40 @@ def test_fio_verifies_while_a_replica_is_rebuilt(tmp_path: Path) -> None:
         wait_until(lambda: healthy_with_all(rig, engine.status()), 60)
         assert io_ok(engine.qemu_io("flush"))
         assert same_blocks(tmp_path)
+
+
+def test_after_the_engine_is_killed_mid_write_the_next_one_makes_every_replica_the_same(tmp_path: Path) -> None:
+    """Writes in flight when an engine dies may land on one member and not the other (none of
+    them acknowledged); the next engine must not let a read's answer depend on which replica
+    serves it. Here the volume runs on two of three replicas, one of them stalls, and the engine
+    dies with writes that reached only the other (32 MiB in flight: more than the stalled one's
+    socket buffers hold)."""
+    with volume_rig(tmp_path) as rig:
+        engine = rig.start_engine(size="16MiB", timeout="5s")
+        assert io_ok(engine.qemu_io("write -P 0x5a 0 16M", "flush"))
+        rig.replicas[2].kill()
+        assert io_ok(engine.qemu_io("write -P 0x5b 0 64k", "flush"))
+        wait_until(lambda: engine.status().get("state") == "degraded")
+        load = subprocess.Popen([need("fio"), "--name=load", "--ioengine=nbd", f"--uri={engine.uri}",
+                                 "--rw=randwrite", "--bs=1M", "--size=16M", "--iodepth=32", "--time_based",
+                                 "--runtime=30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)
+            rig.replicas[1].signal(signal.SIGSTOP)
+            time.sleep(0.5)
+            engine.process.signal(signal.SIGKILL)
+            load.wait(timeout=30)
+        finally:
+            load.kill()
+            load.wait()
+            rig.replicas[1].signal(signal.SIGCONT)
+        rig.restart_replica(2)
+        again = rig.start_engine(size="16MiB", tag="b")
+        wait_until(lambda: healthy_and_settled(rig, again.status()), 60)
+        assert same_blocks(tmp_path), "every replica holds the same blocks"
+        assert again.status()["io"].get("resyncs") == 1, again.process.output()[-2000:]
+
+
+def healthy_and_settled(rig: VolumeRig, engine_status: dict[str, Any]) -> bool:
+    return (healthy_with_all(rig, engine_status) and not engine_status.get("rebuilds")
+            and float(engine_status.get("updated_at", 0)) > time.time() - 0.5)

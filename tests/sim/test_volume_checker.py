@@ -175,6 +175,11 @@ async def scenario(seed: int) -> History:
             cluster.history.violations.append(
                 f"block {block} reads {value}; the last acknowledged write was {last_ack[0]}; "
                 f"allowed {sorted(allowed)}")
+    await asyncio.sleep(10)  # the final engine rebuilds what it left out
+    images = {a: bytes(r.store.backings["vol"].data) for a, r in cluster.replicas.items() if a in final.members}
+    if len(images) != len(cluster.replicas) or len(set(images.values())) != 1:
+        differing = [b for b in range(BLOCKS) if len({i[b * BLOCK:(b + 1) * BLOCK] for i in images.values()}) > 1]
+        cluster.history.violations.append(f"after the heal the members {sorted(images)} differ in blocks {differing}")
     await final.close()
     return cluster.history
 
