@@ -134,6 +134,9 @@ class Engine:
         self._rebuilds: dict[str, asyncio.Task[None]] = {}
         self._chunk_locks: dict[int, asyncio.Lock] = {}
         self._volume_id = ""
+        self._recovery: asyncio.Task[None] | None = None
+        self._session_tasks: list[asyncio.Task[Any]] = []
+        """The repair loop, the timeout watchdog and a resync: they end with the session."""
         self._source: str | None = None
         """While members are resynced after an unclean stop: the member reads and copies come from."""
         self.rebuild_rate = rebuild_rate
@@ -159,8 +162,10 @@ class Engine:
         the fence, an older engine may still eject members or acknowledge writes, and a set claimed
         from a stale view could leave out a replica holding them. Once a replica is fenced nothing
         on it changes, so the plan sees exactly what the old engine left behind."""
+        return await self._take_over(await self._found())
+
+    async def _take_over(self, found: dict[str, ReplicaMeta | None]) -> StartPlan:
         configured = self.status.configured
-        found = await self._found()
         holding = {a: m for a, m in found.items() if m is not None}
         if holding:
             epoch = max(m.epoch for m in holding.values()) + 1
@@ -188,9 +193,10 @@ class Engine:
         self.status.epoch, self.status.set_version = plan.epoch, plan.set_version
         self.status.members, self.status.stale = members, plan.stale
         self._seq = max((m.seq for m in found.values() if m is not None), default=0)
+        self.status.fault = ""
         self._resync_if_unclean({a: m for a, m in found.items() if m is not None and a in members})
-        self._start_background(self._repair_loop())
-        self._start_background(self._watch_timeouts())
+        self._session_tasks += [self._start_background(self._repair_loop()),
+                                self._start_background(self._watch_timeouts())]
         log.info("%s: serving at epoch %d from %s (set version %d)%s", self.status.volume, plan.epoch,
                  ", ".join(members), plan.set_version,
                  f"; left out: {', '.join(plan.stale)}" if plan.stale else "")
@@ -211,7 +217,7 @@ class Engine:
         for target in targets:  # until its resync completes, a target that drops out is copied in full
             self._missed[target] = DirtyMap(self.status.size, all_dirty=True)
         log.info("%s: resyncing %s from %s after an unclean stop", self.status.volume, ", ".join(targets), source)
-        self._start_background(self._resync(source, targets))
+        self._session_tasks.append(self._start_background(self._resync(source, targets)))
 
     async def _resync(self, source: str, targets: list[str]) -> None:
         try:
@@ -431,16 +437,62 @@ class Engine:
         tally.add(self._judge(address, reply, span) is not None)
 
     def _fence(self, reason: str) -> None:
-        self._fault(f"fenced: {reason}")
+        self._fault(f"fenced: {reason}", recoverable=False)
 
-    def _fault(self, reason: str) -> None:
+    def _fault(self, reason: str, recoverable: bool = True) -> None:
         """Stop serving: nothing more is acknowledged, and every request still waiting on a replica
-        fails now rather than at some later timeout."""
+        fails now rather than at some later timeout. Unless another engine took over, the engine
+        keeps trying to serve again in place (see `_recover`)."""
         if not self.status.fault:
             self.status.fault = reason
             log.error("%s: %s; no more acknowledgements", self.status.volume, reason)
         for client in self._clients.values():
             client.close(reason)
+        if recoverable and not reason.startswith("fenced") and (self._recovery is None or self._recovery.done()):
+            self._recovery = self._start_background(self._recover())
+        elif not recoverable and self._recovery is not None:
+            self._recovery.cancel()
+
+    async def _recover(self) -> None:
+        """Faulted without a newer engine in sight (a partition, replicas down): every few seconds,
+        start again in place, on the same NBD socket, so clients see I/O errors while it lasts and
+        nothing more. An engine that finds a newer epoch on any replica gives up for good: another
+        engine took the volume, and this one must never fence it back."""
+        served = self.status.epoch
+        while True:
+            await asyncio.sleep(REPAIR_INTERVAL)
+            self._drop_session()
+            try:
+                found = await self._found()
+                newest = max((m.epoch for m in found.values() if m is not None), default=0)
+                if newest > served:
+                    self.status.fault = f"fenced: a newer engine took the volume at epoch {newest}"
+                    log.error("%s: %s; not recovering", self.status.volume, self.status.fault)
+                    return
+                await self._take_over(found)
+            except VolumeError as error:
+                log.info("%s: still cannot serve: %s", self.status.volume, error)
+                continue
+            self.status.io["recoveries"] += 1
+            log.warning("%s: serving again after the fault", self.status.volume)
+            return
+
+    def _drop_session(self) -> None:
+        """Forget the faulted session: connections, rebuilds, what ejected replicas missed (the next
+        take-over rebuilds whatever it leaves out in full)."""
+        for task in [*self._rebuilds.values(), *self._session_tasks]:
+            task.cancel()
+        self._rebuilds.clear()
+        self._session_tasks.clear()
+        for client in self._clients.values():
+            client.close("the engine starts again")
+        self._clients.clear()
+        self._write_only.clear()
+        self._missed.clear()
+        self._ejecting.clear()
+        self._settled.set()
+        self._source = None
+        self.status.rebuilds.clear()
 
     def _begin_eject(self, address: str, reason: str) -> None:
         """Start ejecting `address`; acknowledgements wait until every ejection is done."""

@@ -223,3 +223,21 @@ def test_a_partition_from_two_of_three_replicas_fails_writes_and_loses_nothing_a
         check = again.qemu_io("read -P 0x81 64k 1984k")
         assert io_ok(check), check.stdout + check.stderr
         wait_until(lambda: again.status().get("members") == rig.replica_addresses)
+
+
+def test_after_a_partition_heals_the_same_engine_serves_again(tmp_path: Path) -> None:
+    """No restart, no new socket: the client saw errors while the partition lasted, then the same
+    export works again, with everything acknowledged before it."""
+    with volume_rig(tmp_path) as rig:
+        engine = rig.start_engine(size="32MiB", timeout="2s")
+        assert io_ok(engine.qemu_io("write -P 0x91 0 2M", "flush"))
+        ports = [int(a.rsplit(":", 1)[1]) for a in rig.replica_addresses[1:]]
+        with cut_tcp_ports(*ports):
+            assert not io_ok(engine.qemu_io("write -P 0x92 0 64k", "flush", timeout=60))
+            wait_until(lambda: engine.status().get("state") == "faulted")
+            assert not io_ok(engine.qemu_io("read -P 0x91 0 4k")), "faulted: reads fail too"
+        wait_until(lambda: engine.status().get("state") == "healthy", 30)
+        status = engine.status()
+        assert status["io"]["recoveries"] == 1 and status["epoch"] == 2
+        check = engine.qemu_io("read -P 0x91 64k 1984k", "write -P 0x93 4M 1M", "flush", "read -P 0x93 4M 1M")
+        assert io_ok(check), check.stdout + check.stderr
