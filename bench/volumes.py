@@ -103,6 +103,39 @@ def throughput(folder: Path, size: str, runtime: float) -> None:
         rig.close()
 
 
+def foreground_during_rebuild(rig: VolumeRig, engine: Engine, folder: Path) -> None:
+    """4k random writes at QD8 while replica 2 is rebuilt in full, against the same load on the
+    degraded volume just before: IOPS per quarter second from fio's log, split by the rebuild's
+    window as the engine's status shows it."""
+    rig.replicas[2].kill()
+    shutil.rmtree(rig.folder / "r2")
+    while engine.status().get("state") != "degraded":
+        time.sleep(0.1)
+    log = folder / "fg"
+    args = ["fio", "--name=fg", "--ioengine=nbd", f"--uri={engine.uri}", "--rw=randwrite", "--bs=4k",
+            "--size=1G", "--iodepth=8", "--time_based", "--runtime=60", "--output-format=json",
+            f"--write_iops_log={log}", "--log_avg_msec=250"]
+    began = time.monotonic()
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as load:
+        time.sleep(3)
+        rig.restart_replica(2)
+        while not engine.status().get("rebuilds"):
+            time.sleep(0.05)
+        start = time.monotonic() - began
+        while engine.status().get("rebuilds"):
+            time.sleep(0.05)
+        end = time.monotonic() - began
+        load.send_signal(signal.SIGINT)
+        load.communicate(timeout=60)
+    samples = [(int(f[0]) / 1000, int(f[1])) for f in (line.split(",") for line in
+                                                       (folder / "fg_iops.1.log").read_text().splitlines())]
+    before = [v for t, v in samples if 0.5 < t < 3]
+    during = [v for t, v in samples if start + 0.25 < t < end - 0.25] or [v for t, v in samples if start < t < end]
+    print(f"4k random writes QD8 on the degraded volume: {sum(before) / max(len(before), 1):.0f} IOPS; while a "
+          f"replica is rebuilt in full ({end - start:.1f} s): {sum(during) / max(len(during), 1):.0f} IOPS")
+    wait_healthy(engine, 3, 600)
+
+
 def repairs(folder: Path, data: str, away: float) -> None:
     rig = VolumeRig(folder / "rb")
     try:
@@ -119,6 +152,8 @@ def repairs(folder: Path, data: str, away: float) -> None:
         print(f"\nfull rebuild of {data} of data into an empty replica (1 GiB volume): copied in {copying:.1f} s, "
               f"{sent / max(copying, 0.001) / 1e6:.0f} MB/s, {sent / 2**20:.0f} MiB sent (holes not read); healthy "
               f"{seconds:.1f} s after the replica came back (the engine retries absent replicas every 2 s)")
+
+        foreground_during_rebuild(rig, engine, folder)
 
         before = engine.status()["io"].get("rebuild_bytes", 0)
         rig.replicas[1].signal(signal.SIGKILL)
