@@ -15,7 +15,15 @@ from typing import Any, Protocol
 
 from drivers.volumes._batched_writer import BatchedWriter
 from drivers.volumes._errors import Fenced, ProtocolError, VolumeError
-from drivers.volumes._wire import STATUS_FENCED, STATUS_OK, Secrets, client_handshake, encode_frame, read_frame
+from drivers.volumes._wire import (
+    READ_CHUNK,
+    STATUS_FENCED,
+    STATUS_OK,
+    FrameSplitter,
+    Secrets,
+    client_handshake,
+    encode_frame,
+)
 
 Reply = asyncio.Future[tuple[int, dict[str, Any], bytes]]
 """(status, header, data) of one request."""
@@ -120,13 +128,17 @@ class ReplicaClient:
         return next(iter(self._sent_at.values()), None)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        frames = FrameSplitter()
         try:
             while True:
-                request_id, status, header, data = await read_frame(reader)
-                future = self._pending.pop(request_id, None)
-                self._sent_at.pop(request_id, None)
-                if future is not None and not future.done():
-                    future.set_result((status, header, data))
+                chunk = await reader.read(READ_CHUNK)
+                if not chunk:
+                    raise ConnectionError("closed by the replica server")
+                for request_id, status, header, data in frames.feed(chunk):
+                    future = self._pending.pop(request_id, None)
+                    self._sent_at.pop(request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result((status, header, data))
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ProtocolError) as error:
             self._fail(f"connection lost: {error or type(error).__name__}")
             if self._on_lost is not None:

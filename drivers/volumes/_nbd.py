@@ -145,19 +145,53 @@ def handle_option(option: int, data: bytes, exports: Mapping[str, int], no_zeroe
     return OptionOutcome(option_reply(option, REP_ERR_UNSUP, b"option not supported"))
 
 
-def parse_request(header: bytes) -> Request:
-    """A request header (28 bytes); ValueError when the magic is wrong (the stream is lost)."""
-    magic, flags, command, cookie, offset, length = REQUEST.unpack(header)
+def parse_request(header: bytes | bytearray, at: int = 0) -> Request:
+    """A request header (28 bytes, at `at`); ValueError when the magic is wrong (the stream is lost)."""
+    magic, flags, command, cookie, offset, length = REQUEST.unpack_from(header, at)
     if magic != REQUEST_MAGIC:
         raise ValueError(f"bad request magic {magic:#x}")
     return Request(flags, command, cookie, offset, length)
+
+
+class OversizedWrite(ValueError):
+    """A write's payload is over MAX_PAYLOAD: it cannot be skipped safely, the stream is lost."""
+
+
+class RequestSplitter:
+    """Requests (with a write's payload) out of the transmission phase's byte stream, as many as
+    each chunk completes. ValueError when the stream is lost (bad magic, oversized write)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[Request, bytes]]:
+        buffer = self._buffer
+        buffer += chunk
+        requests = []
+        start = 0
+        while len(buffer) - start >= REQUEST.size:
+            request = parse_request(buffer, start)
+            payload = request.length if request.command == Command.WRITE else 0
+            if payload > MAX_PAYLOAD:
+                raise OversizedWrite(f"a write of {payload} bytes is over the {MAX_PAYLOAD} bytes allowed")
+            end = start + REQUEST.size + payload
+            if len(buffer) < end:
+                break
+            requests.append((request, bytes(buffer[start + REQUEST.size:end])))
+            start = end
+        if start:
+            del buffer[:start]
+        return requests
+
+
+_COMMANDS = frozenset(Command)
 
 
 def check_request(request: Request, size: int) -> int:
     """0 if the request may be served, else the errno to answer with."""
     if request.command == Command.DISC:
         return 0
-    if request.command not in tuple(Command):
+    if request.command not in _COMMANDS:
         return errno.EINVAL
     if request.command == Command.FLUSH:
         return 0 if request.offset == 0 and request.length == 0 else errno.EINVAL

@@ -21,6 +21,7 @@ from drivers.volumes import _nbd
 from drivers.volumes._batched_writer import BatchedWriter
 from drivers.volumes._engine import Engine
 from drivers.volumes._errors import VolumeError
+from drivers.volumes._wire import READ_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -109,28 +110,30 @@ class NbdServer:
                 return
             size = self._engine.status.size
             out = BatchedWriter(writer)
-            while True:
+            splitter = _nbd.RequestSplitter()
+            disconnect = False
+            while not disconnect and (chunk := await reader.read(READ_CHUNK)):
                 try:
-                    request = _nbd.parse_request(await reader.readexactly(_nbd.REQUEST.size))
+                    requests = splitter.feed(chunk)
+                except _nbd.OversizedWrite as error:
+                    self.drops["oversized_write"] += 1
+                    log.warning("nbd: %s; closing the connection", error)
+                    return
                 except ValueError as error:
                     self.drops["bad_request"] += 1
                     log.warning("nbd: %s; closing the connection", error)
                     return
-                problem = _nbd.check_request(request, size)
-                data = b""
-                if request.command == _nbd.Command.WRITE:
-                    if request.length > _nbd.MAX_PAYLOAD:
-                        self.drops["oversized_write"] += 1
-                        return  # the payload cannot be skipped safely: the stream is lost
-                    data = await reader.readexactly(request.length)
-                if request.command == _nbd.Command.DISC:
-                    break
-                if problem:
-                    out.write(_nbd.simple_reply(request.cookie, problem))
-                    continue
-                job = asyncio.create_task(self._answer(request, data, out, lock))
-                inflight.add(job)
-                job.add_done_callback(inflight.discard)
+                for request, data in requests:
+                    if request.command == _nbd.Command.DISC:
+                        disconnect = True
+                        break
+                    problem = _nbd.check_request(request, size)
+                    if problem:
+                        out.write(_nbd.simple_reply(request.cookie, problem))
+                        continue
+                    job = asyncio.create_task(self._answer(request, data, out, lock))
+                    inflight.add(job)
+                    job.add_done_callback(inflight.discard)
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):

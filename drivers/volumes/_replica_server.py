@@ -23,9 +23,10 @@ from drivers.volumes._replica_service import ReplicaService
 from drivers.volumes._store import ReplicaStore
 from drivers.volumes._wire import (
     OP_FLUSH,
+    READ_CHUNK,
+    FrameSplitter,
     Secrets,
     encode_frame,
-    read_frame,
     server_handshake,
 )
 
@@ -72,13 +73,15 @@ class ReplicaServer:
         try:
             await server_handshake(reader, writer, self._secrets)
             out = BatchedWriter(writer)
-            while True:
-                request_id, op, header, data = await read_frame(reader)
-                if op == OP_FLUSH:  # fdatasync may take a while: off the loop, in request order still
-                    status, answer, payload = await asyncio.to_thread(self.service.answer, op, header, data, session)
-                else:
-                    status, answer, payload = self.service.answer(op, header, data, session)
-                out.write(encode_frame(request_id, status, answer, payload))
+            frames = FrameSplitter()
+            while chunk := await reader.read(READ_CHUNK):
+                for request_id, op, header, data in frames.feed(chunk):
+                    if op == OP_FLUSH:  # fdatasync may take a while: off the loop, in request order still
+                        status, answer, payload = await asyncio.to_thread(self.service.answer, op, header, data,
+                                                                          session)
+                    else:
+                        status, answer, payload = self.service.answer(op, header, data, session)
+                    out.write(encode_frame(request_id, status, answer, payload))
                 await out.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass

@@ -35,6 +35,8 @@ FRAME = struct.Struct(">IQBH")
 MAX_FRAME = 40 * 1024 * 1024
 MAX_HEADER = 16 * 1024
 HANDSHAKE_TIMEOUT = 5.0
+READ_CHUNK = 1 << 20
+"""Bytes asked of the stream per wake-up; the frames they complete are handled together."""
 
 OP_OPEN, OP_CLAIM, OP_WRITE, OP_READ, OP_FLUSH, OP_ZERO, OP_MEMBERS, OP_STATUS = 1, 2, 3, 4, 5, 6, 7, 8
 OP_ADOPT, OP_DIGEST, OP_EXTENTS, OP_FENCE = 9, 10, 11, 12
@@ -128,19 +130,42 @@ def encode_frame(request_id: int, code: int, header: dict[str, Any], data: bytes
     return FRAME.pack(len(packed) + len(data), request_id, code, len(packed)) + packed + data
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, dict[str, Any], bytes]:
-    """(request id, op or status, header, data); ProtocolError for anything malformed."""
-    length, request_id, code, header_length = FRAME.unpack(await reader.readexactly(FRAME.size))
-    if length > MAX_FRAME or header_length > min(length, MAX_HEADER):
-        raise ProtocolError(f"frame of {length} bytes (header {header_length}) is out of bounds")
-    body = await reader.readexactly(length)
+def _decode_header(raw: bytes) -> dict[str, Any]:
     try:
-        header = msgpack.unpackb(body[:header_length], raw=False, strict_map_key=True, max_ext_len=0)
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_ext_len=0)
     except Exception as error:  # msgpack raises many types for bad input
         raise ProtocolError(f"unreadable frame header: {type(error).__name__}") from None
     if not isinstance(header, dict):
         raise ProtocolError("a frame header must be a table")
-    return request_id, code, header, body[header_length:]
+    return header
+
+
+class FrameSplitter:
+    """Frames out of a byte stream, as many as each chunk completes: one read per wake-up instead
+    of two per frame. ProtocolError for anything malformed (the stream is then lost)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[int, int, dict[str, Any], bytes]]:
+        buffer = self._buffer
+        buffer += chunk
+        frames = []
+        start = 0
+        while len(buffer) - start >= FRAME.size:
+            length, request_id, code, header_length = FRAME.unpack_from(buffer, start)
+            if length > MAX_FRAME or header_length > min(length, MAX_HEADER):
+                raise ProtocolError(f"frame of {length} bytes (header {header_length}) is out of bounds")
+            body = start + FRAME.size
+            end = body + length
+            if len(buffer) < end:
+                break
+            header = _decode_header(bytes(buffer[body:body + header_length]))
+            frames.append((request_id, code, header, bytes(buffer[body + header_length:end])))
+            start = end
+        if start:
+            del buffer[:start]
+        return frames
 
 
 def field(header: dict[str, Any], key: str, kind: type) -> Any:

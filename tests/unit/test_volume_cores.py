@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from drivers.volumes import _nbd
-from drivers.volumes._errors import Fenced, NoQuorum, VolumeError
+from drivers.volumes._errors import Fenced, NoQuorum, ProtocolError, VolumeError
 from drivers.volumes._quorum import majority, plan_start
 from drivers.volumes._sizes import parse_seconds, parse_size
 from drivers.volumes._store import ReplicaMeta, ReplicaStore
+from drivers.volumes._wire import FrameSplitter, encode_frame
 
 EXPORTS = {"db": 1 << 20}
 
@@ -155,3 +156,27 @@ def test_sizes_and_durations() -> None:
         with pytest.raises(VolumeError):
             parse_size(bad)
     assert parse_seconds("8s") == 8.0 and parse_seconds("500ms") == 0.5
+
+
+def test_requests_and_frames_split_the_same_whatever_the_chunks() -> None:
+    stream = (_nbd.REQUEST.pack(_nbd.REQUEST_MAGIC, 0, _nbd.Command.WRITE, 7, 4096, 5) + b"hello"
+              + _nbd.REQUEST.pack(_nbd.REQUEST_MAGIC, 0, _nbd.Command.READ, 8, 0, 512))
+    for size in (1, 3, 28, 33, len(stream)):
+        splitter = _nbd.RequestSplitter()
+        got = [r for i in range(0, len(stream), size) for r in splitter.feed(stream[i:i + size])]
+        assert [(r.cookie, r.command, data) for r, data in got] == [(7, _nbd.Command.WRITE, b"hello"),
+                                                                    (8, _nbd.Command.READ, b"")], size
+    with pytest.raises(_nbd.OversizedWrite):
+        _nbd.RequestSplitter().feed(_nbd.REQUEST.pack(_nbd.REQUEST_MAGIC, 0, _nbd.Command.WRITE, 1, 0, 1 << 30))
+    with pytest.raises(ValueError, match="magic"):
+        _nbd.RequestSplitter().feed(bytes(28))
+
+    frames = encode_frame(1, 3, {"volume": "db", "seq": 9}, b"data") + encode_frame(2, 5, {})
+    for size in (1, 7, len(frames)):
+        frame_splitter = FrameSplitter()
+        got_frames = [f for i in range(0, len(frames), size) for f in frame_splitter.feed(frames[i:i + size])]
+        assert got_frames == [(1, 3, {"volume": "db", "seq": 9}, b"data"), (2, 5, {}, b"")], size
+    with pytest.raises(ProtocolError, match="out of bounds"):
+        FrameSplitter().feed(struct.pack(">IQBH", 1 << 31, 1, 3, 0))
+    with pytest.raises(ProtocolError, match="must be a table"):
+        FrameSplitter().feed(encode_frame(1, 3, {})[:-1] + b"\x01")
