@@ -35,10 +35,13 @@ from gossip import (
 from nodeorch import __version__
 from nodeorch.core.backoff import BackoffPolicy
 from nodeorch.core.placement import Assignment
+from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.errors import NodeorchError
 from nodeorch.faces.http_api import ApiServer
+from nodeorch.reconcile.cluster_view import down_since, node_views
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.service_runner import ServiceRunner
+from nodeorch.reconcile.volume_plan import plan_volumes
 from nodeorch.spec.desired import DesiredStatus
 from nodeorch.spec.desired_watcher import DesiredWatcher
 from nodeorch.spec.node_config import NodeConfig, is_loopback
@@ -272,6 +275,15 @@ class Agent:
         if self._runner is None:
             return []
         return self._runner.placement()
+
+    def volume_plans(self) -> list[ReplicaPlan]:
+        """Where every desired volume's replicas belong, as this node computes it now (a dead
+        node's replicas are known from its last document)."""
+        volumes = self.desired.state.volumes if self.desired.state else ()
+        members = self.node.members()
+        reported = {name: self.documents[name].replicas for name in self.documents}
+        return plan_volumes(volumes, node_views(members, self.documents), reported, down_since(members),
+                            time.monotonic())
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
         """The services to place: all but those held (see `held_reason`)."""

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from gossip import Member
 from nodeorch.core.placement import Assignment
+from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.spec.desired import DesiredStatus
 from nodeorch.spec.node_config import NodeConfig
@@ -37,6 +38,8 @@ class AgentView(Protocol):
     def differing_digests(self) -> list[str]: ...
 
     def placement(self) -> list[Assignment]: ...
+
+    def volume_plans(self) -> list[ReplicaPlan]: ...
 
     def desired_services(self) -> tuple[ServiceSpec, ...]: ...
 

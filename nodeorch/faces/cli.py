@@ -109,6 +109,24 @@ def show_services(data: list[dict[str, Any]]) -> str:
     return table(rows, ["SERVICE", "RUNNING", "SLOT", "NODE", "STATE", "HEALTH"])
 
 
+def _size(size: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size}B"
+
+
+def show_volumes(data: list[dict[str, Any]]) -> str:
+    rows = []
+    for volume in data:
+        engine = volume["engine"]
+        held = [r for r in volume["replicas"] if not r["node_down"]]
+        rows.append((volume["name"], _size(volume["size"]) if "size" in volume else "-", volume["state"],
+                     f"{len(held)}/{volume.get('wanted', 0)}", f"{engine['node']} (epoch {engine['epoch']})"
+                     if engine else "-", ", ".join(volume.get("placement", [])) or "-"))
+    return table(rows, ["VOLUME", "SIZE", "STATE", "REPLICAS", "ENGINE", "PLACEMENT"])
+
+
 def show_jobs(data: list[dict[str, Any]]) -> str:
     rows = [(j["id"], j["kind"], j["target"], j["state"], j["attempts"], ago(j["updated"]), j["error"] or "")
             for j in data]
@@ -129,9 +147,10 @@ async def run_query(args: argparse.Namespace) -> int:
             print(json.dumps(data) if args.json else f"{data['node']}: draining {'on' if data['draining'] else 'off'}")
             return EXIT_OK
         path = {"status": "/v1/status", "members": "/v1/members", "nodes": "/v1/nodes",
-                "services": "/v1/services", "jobs": "/v1/jobs"}[args.command]
-        if args.command == "nodes" and args.name:
-            path = f"/v1/nodes/{args.name}"
+                "services": "/v1/services", "volumes": "/v1/volumes", "volume": "/v1/volumes",
+                "jobs": "/v1/jobs"}[args.command]
+        if args.command in ("nodes", "volume") and args.name:
+            path = f"{path}/{args.name}"
         data = await call(api, "GET", path, token)
     except Unreachable as error:
         print(f"nodeorch: no agent answered at {api} ({source}): {error}\n"
@@ -141,12 +160,12 @@ async def run_query(args: argparse.Namespace) -> int:
     except AgentProblem as error:
         print(f"nodeorch: the agent at {api} answered: {error}", file=sys.stderr)
         return EXIT_PROBLEM
-    if args.json or (args.command == "nodes" and args.name):
+    if args.json or (args.command in ("nodes", "volume") and args.name):
         print(json.dumps(data, indent=2))
     else:
         renderers: dict[str, Callable[[Any], str]] = {
             "status": show_status, "members": show_members, "nodes": show_nodes,
-            "services": show_services, "jobs": show_jobs,
+            "services": show_services, "volumes": show_volumes, "jobs": show_jobs,
         }
         print(renderers[args.command](data))
     return EXIT_OK
@@ -254,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--since", type=int, default=0, help="only events after this seq")
     query("services", "desired services and their instances across the cluster")
+    query("volumes", "desired volumes: state, replicas, engine, placement")
+    query("volume", "one volume in full").add_argument("name")
     query("jobs", "this node's job table")
     query("drain", "move this node's work away")
     query("undrain", "take work again")

@@ -23,6 +23,7 @@ from nodeorch import __version__
 from nodeorch.faces.agent_view import AgentView
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
+from nodeorch.faces.volume_status import volumes_json
 from nodeorch.spec.node_config import DEFAULT_API_PORT
 from nodeorch.spec.volume_spec import held_reason
 from nodeorch.state.node_document import decode_labels
@@ -131,6 +132,18 @@ async def services(request: web.Request) -> web.Response:
     return _json(services_json(request.app[AGENT]))
 
 
+async def volumes(request: web.Request) -> web.Response:
+    return _json(volumes_json(request.app[AGENT]))
+
+
+async def volume(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    for entry in volumes_json(request.app[AGENT]):
+        if entry["name"] == name:
+            return _json(entry)
+    return _json({"error": f"no volume {name!r}: not desired and no node holds a replica of it"}, status=404)
+
+
 async def jobs(request: web.Request) -> web.Response:
     return _json([job.to_json() for job in request.app[AGENT].jobs.jobs()])
 
@@ -220,6 +233,8 @@ def build_app(agent: AgentView, policy: RequestPolicy) -> web.Application:
     app.router.add_get("/v1/nodes", nodes)
     app.router.add_get("/v1/nodes/{name}", node)
     app.router.add_get("/v1/services", services)
+    app.router.add_get("/v1/volumes", volumes)
+    app.router.add_get("/v1/volumes/{name}", volume)
     app.router.add_get("/v1/jobs", jobs)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", metrics)

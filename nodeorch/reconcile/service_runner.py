@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from drivers.containers import ContainerDriver, DriverError, InstanceState, InstanceStatus
 from gossip import Member, MemberState
 from nodeorch.core.placement import Assignment, NodeView, place_services
+from nodeorch.reconcile.cluster_view import node_views
 from nodeorch.reconcile.health_watch import HealthWatcher, Watched, instance_health, to_recreate
 from nodeorch.reconcile.job_table import Job, JobTable
 from nodeorch.reconcile.service_plan import (
@@ -33,7 +34,7 @@ from nodeorch.reconcile.service_plan import (
 from nodeorch.reconcile.work_queue import WorkQueue
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.event_log import EventLog
-from nodeorch.state.node_document import NodeDocument, decode_labels
+from nodeorch.state.node_document import NodeDocument
 from nodeorch.state.records import HealthStatus, HealthVerdict, InstancePhase, InstanceRecord
 
 log = logging.getLogger(__name__)
@@ -148,17 +149,7 @@ class ServiceRunner:
             self._wake.clear()
 
     def _nodes(self) -> list[NodeView]:
-        views = []
-        for member in self._host.members():
-            document = self._host.documents.get(member.name)
-            views.append(NodeView(
-                member.name,
-                alive=member.state in (MemberState.ALIVE, MemberState.SUSPECT),
-                suspect=member.state is MemberState.SUSPECT,
-                draining=bool(document and document.draining),
-                labels=decode_labels(member.meta),
-            ))
-        return views
+        return node_views(self._host.members(), self._host.documents)
 
     def placement(self) -> list[Assignment]:
         reported = {**self._reported(), self._host.name: self._published[0] if self._published else ()}

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from nodeorch.errors import NodeorchError
-from nodeorch.state.records import HealthVerdict, InstanceRecord, RecordError, decode_records
+from nodeorch.state.records import (
+    EngineRecord,
+    HealthVerdict,
+    InstanceRecord,
+    RecordError,
+    ReplicaRecord,
+    decode_records,
+)
 
 MAX_DOCUMENT_SIZE = 32 * 1024
 """Bytes of one encoded document; several kilobytes is the expected size, this is the ceiling."""
@@ -47,8 +54,8 @@ class NodeDocument:
     updated_at: float = 0.0
     """Unix time the owner wrote this version."""
     instances: tuple[InstanceRecord, ...] = ()
-    replicas: tuple[Record, ...] = ()
-    """Replica records (volumes): carried as plain records until the volume reconciler types them."""
+    replicas: tuple[ReplicaRecord, ...] = ()
+    engines: tuple[EngineRecord, ...] = ()
     health: tuple[HealthVerdict, ...] = ()
     skipped_records: int = field(default=0, compare=False)
     """Records of this document a receiver skipped for a state it does not know (not on the wire)."""
@@ -69,7 +76,8 @@ class NodeDocument:
             "api": self.api,
             "updated_at": self.updated_at,
             "instances": [r.to_wire() for r in self.instances],
-            "replicas": [dict(r) for r in self.replicas],
+            "replicas": [r.to_wire() for r in self.replicas],
+            "engines": [e.to_wire() for e in self.engines],
             "health": [v.to_wire() for v in self.health],
         }
 
@@ -77,7 +85,7 @@ class NodeDocument:
 _FIELDS = {
     "n": "name", "v": "version", "b": "boot_id", "av": "agent_version", "l": "labels", "d": "draining",
     "dr": "desired_revision", "dd": "desired_digest", "de": "desired_error", "api": "api",
-    "u": "updated_at", "i": "instances", "r": "replicas", "h": "health",
+    "u": "updated_at", "i": "instances", "r": "replicas", "e": "engines", "h": "health",
 }
 _KEYS = {v: k for k, v in _FIELDS.items()}
 
@@ -97,7 +105,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, tuple):
-        return [r.to_wire() if isinstance(r, InstanceRecord | HealthVerdict) else dict(r) for r in value]
+        return [r.to_wire() for r in value]
     return value
 
 
@@ -117,6 +125,12 @@ def _records(value: Any, what: str) -> tuple[Record, ...]:
             _check(not isinstance(scalar, str) or len(scalar) <= 4096, f"{what}.{key}: string too long")
         records.append(dict(item))
     return tuple(records)
+
+
+_SECTIONS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "instances": InstanceRecord.from_wire, "replicas": ReplicaRecord.from_wire,
+    "engines": EngineRecord.from_wire, "health": HealthVerdict.from_wire,
+}
 
 
 def decode_document(data: bytes) -> NodeDocument:
@@ -144,15 +158,14 @@ def decode_document(data: bytes) -> NodeDocument:
     updated = values.get("updated_at", 0.0)
     _check(type(updated) in (int, float), "updated_at: expected a number")
     values["updated_at"] = float(updated)
-    for key in ("instances", "replicas", "health"):
-        values[key] = _records(values.get(key, []), key)
+    skipped = 0
     try:
-        values["instances"], skipped_instances = decode_records(values["instances"], InstanceRecord.from_wire,
-                                                                "instances")
-        values["health"], skipped_verdicts = decode_records(values["health"], HealthVerdict.from_wire, "health")
+        for key, decode in _SECTIONS.items():
+            values[key], skipped_here = decode_records(_records(values.get(key, []), key), decode, key)
+            skipped += skipped_here
     except RecordError as error:
         raise DocumentError(str(error)) from None
-    return NodeDocument(**values, skipped_records=skipped_instances + skipped_verdicts)
+    return NodeDocument(**values, skipped_records=skipped)
 
 
 def encode_labels(labels: Mapping[str, str]) -> bytes:

@@ -1,4 +1,5 @@
-"""The typed sections of a node document: instance records and health verdicts, with their codec.
+"""The typed sections of a node document: instance records, health verdicts, replica and engine
+records, with their codec.
 
 On the wire each record is a small msgpack table of scalars. Decoding is strict about types but
 lenient about the future: a key this agent does not know is ignored, and a record whose state or
@@ -146,6 +147,84 @@ class HealthVerdict:
             ref=_field(raw, "ref", (str,), ""), status=_enum(HealthStatus, raw, "status"),
             since=_number(raw, "since"), failures=_field(raw, "failures", (int,), 0),
         )
+
+
+class ReplicaMode(enum.Enum):
+    """What a replica is to its volume, as its node reports it."""
+
+    MEMBER = "member"
+    """In the member set of the engine serving the volume (read-write)."""
+    REBUILDING = "rebuilding"
+    """Receiving writes and a copy (write-only) until it joins the set."""
+    STALE = "stale"
+    """Left out by the engine: behind, waiting for a rebuild."""
+    DETACHED = "detached"
+    """No engine serves the volume; `set_epoch`/`set_version` say which set it last belonged to."""
+
+
+class EngineState(enum.Enum):
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAULTED = "faulted"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """One replica a node's replica server holds."""
+
+    volume: str
+    size: int
+    mode: ReplicaMode
+    epoch: int = 0
+    set_epoch: int = 0
+    set_version: int = 0
+    seq: int = 0
+    used: int = 0
+    """Bytes allocated on disk (a sparse file holds only what was written)."""
+    progress: float | None = None
+    """0..1 while rebuilding."""
+
+    @property
+    def set_id(self) -> tuple[int, int]:
+        return (self.set_epoch, self.set_version)
+
+    def to_wire(self) -> dict[str, Scalar]:
+        return {"volume": self.volume, "size": self.size, "mode": self.mode.value, "epoch": self.epoch,
+                "set_epoch": self.set_epoch, "set_version": self.set_version, "seq": self.seq, "used": self.used,
+                "progress": None if self.progress is None else round(self.progress, 4)}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> ReplicaRecord:
+        progress = _field(raw, "progress", (int, float, type(None)), None)
+        return cls(
+            volume=_field(raw, "volume", (str,)), size=_field(raw, "size", (int,)),
+            mode=_enum(ReplicaMode, raw, "mode"), epoch=_field(raw, "epoch", (int,), 0),
+            set_epoch=_field(raw, "set_epoch", (int,), 0), set_version=_field(raw, "set_version", (int,), 0),
+            seq=_field(raw, "seq", (int,), 0), used=_field(raw, "used", (int,), 0),
+            progress=None if progress is None else float(progress),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRecord:
+    """The engine a node runs for a volume."""
+
+    volume: str
+    state: EngineState
+    epoch: int = 0
+    members: tuple[str, ...] = ()
+    """The nodes whose replicas are in its member set."""
+
+    def to_wire(self) -> dict[str, Scalar]:
+        return {"volume": self.volume, "state": self.state.value, "epoch": self.epoch,
+                "members": ",".join(self.members)}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> EngineRecord:
+        members = _field(raw, "members", (str,), "")
+        return cls(volume=_field(raw, "volume", (str,)), state=_enum(EngineState, raw, "state"),
+                   epoch=_field(raw, "epoch", (int,), 0), members=tuple(m for m in members.split(",") if m))
 
 
 def decode_records(raws: tuple[Mapping[str, Any], ...], decode: Callable[[Mapping[str, Any]], T],

@@ -22,7 +22,14 @@ from nodeorch.state.node_document import (
     decode_document,
     encode_document,
 )
-from nodeorch.state.records import InstancePhase, InstanceRecord
+from nodeorch.state.records import (
+    EngineRecord,
+    EngineState,
+    InstancePhase,
+    InstanceRecord,
+    ReplicaMode,
+    ReplicaRecord,
+)
 
 
 def document(**changes: object) -> NodeDocument:
@@ -36,7 +43,7 @@ def test_a_document_round_trips() -> None:
 
 
 def test_an_oversized_document_is_refused_by_its_owner() -> None:
-    big = tuple({"service": "x" * 4000, "slot": i} for i in range(10))
+    big = tuple(InstanceRecord("x" * 4000, str(i), InstancePhase.RUNNING) for i in range(10))
     with pytest.raises(DocumentError, match="limit"):
         encode_document(document(instances=big))
 
@@ -50,6 +57,21 @@ def test_receivers_refuse_oversized_malformed_and_mistyped_documents() -> None:
         decode_document(msgpack.packb({"n": "a", "v": "seven", "b": "x"}))
     with pytest.raises(DocumentError, match="instances"):
         decode_document(msgpack.packb({"n": "a", "v": 1, "b": "x", "i": [{"k": {"nested": 1}}]}))
+
+
+def test_replicas_and_engines_round_trip_and_a_newer_mode_is_skipped_not_refused() -> None:
+    replicas = (ReplicaRecord("db", 1 << 30, ReplicaMode.MEMBER, 4, 4, 2, 90, used=5 << 20),
+                ReplicaRecord("cache-0", 1 << 20, ReplicaMode.REBUILDING, 4, 1, 1, progress=0.25))
+    engines = (EngineRecord("db", EngineState.DEGRADED, 4, ("node-a", "node-b")),)
+    full = document(replicas=replicas, engines=engines)
+    assert decode_document(encode_document(full)) == full
+    raw = msgpack.unpackb(encode_document(full))
+    raw["r"].append({"volume": "db", "size": 1, "mode": "mirroring", "newer": True})
+    decoded = decode_document(msgpack.packb(raw))
+    assert decoded.replicas == replicas and decoded.skipped_records == 1
+    raw["e"][0]["epoch"] = "four"
+    with pytest.raises(DocumentError, match=r"engines\[0\].epoch"):
+        decode_document(msgpack.packb(raw))
 
 
 def test_fields_of_newer_agents_are_ignored() -> None:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from nodeorch.core.placement import NodeView, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaSite, VolumeShape, place_replicas, place_volumes
+from nodeorch.reconcile.volume_plan import replica_sites
+from nodeorch.state.records import ReplicaMode, ReplicaRecord
 
 DB = VolumeShape("db", replicas=3, replenish_wait=600.0)
 
@@ -107,3 +109,16 @@ def test_a_slot_using_a_volume_goes_where_a_healthy_replica_is() -> None:
     assert place_service(near, view, [])[0].node in elsewhere
     unreachable = ServiceShape("db", near={"0": frozenset({"zz"})})
     assert place_service(unreachable, view, [])[0].node == free, "no eligible replica node: placed as usual"
+
+
+def test_reported_replicas_count_as_healthy_in_the_set_or_in_the_newest_detached_set() -> None:
+    size = 1 << 20
+    sites = replica_sites({
+        "a": [ReplicaRecord("db", size, ReplicaMode.DETACHED, 5, 5, 2)],
+        "b": [ReplicaRecord("db", size, ReplicaMode.DETACHED, 5, 5, 2)],
+        "c": [ReplicaRecord("db", size, ReplicaMode.DETACHED, 5, 4, 7)],  # an older set, whatever its version
+        "d": [ReplicaRecord("web", size, ReplicaMode.MEMBER, 1, 1, 1),
+              ReplicaRecord("web2", size, ReplicaMode.STALE, 1, 1, 1)],
+    })
+    assert {(s.volume, s.node): s.healthy for s in sites} == {
+        ("db", "a"): True, ("db", "b"): True, ("db", "c"): False, ("web", "d"): True, ("web2", "d"): False}

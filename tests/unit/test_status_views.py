@@ -9,9 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gossip import Member, MemberState
 from nodeorch.core.placement import Assignment
+from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.faces.agent_view import AgentView
+from nodeorch.faces.cli import show_volumes
 from nodeorch.faces.http_api import services_json, status_json
 from nodeorch.faces.metrics import render_metrics
+from nodeorch.faces.volume_status import volumes_json
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.spec.desired import DesiredStatus, parse_desired
 from nodeorch.spec.node_config import parse_node_config
@@ -19,7 +22,15 @@ from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, encode_document
-from nodeorch.state.records import HealthStatus, InstancePhase, InstanceRecord
+from nodeorch.state.records import (
+    EngineRecord,
+    EngineState,
+    HealthStatus,
+    InstancePhase,
+    InstanceRecord,
+    ReplicaMode,
+    ReplicaRecord,
+)
 
 DESIRED = parse_desired(b'revision = 4\n[[service]]\nname = "web"\ncommand = ["web"]\nscale = 2\n')
 
@@ -68,6 +79,9 @@ class StandIn:
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
         return DESIRED.services
+
+    def volume_plans(self) -> list[ReplicaPlan]:
+        return []
 
     async def set_draining(self, draining: bool) -> None:
         self.draining = draining
@@ -132,3 +146,43 @@ def test_a_service_waiting_for_its_volume_is_shown_held_with_the_reason() -> Non
     by_name = {s["name"]: s for s in services_json(WithAVolumeService())}
     assert by_name["db"]["desired"] == 0 and "waiting for volume db" in by_name["db"]["held"]
     assert "held" not in by_name["web"], "a service still reported but no longer desired is not held"
+
+
+VOLUMES = parse_desired(b'revision = 6\n[[volume]]\nname = "db"\nsize = "1GiB"\n'
+                        b'[[volume]]\nname = "new"\nsize = "2GiB"\nreplicas = 2\n')
+
+
+class WithVolumes(StandIn):
+    """db: an engine on a (degraded: c is dead), replicas on a and b (rebuilding) and c; a replica
+    of "old", no longer desired, on b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        member = ReplicaRecord("db", 1 << 30, ReplicaMode.MEMBER, 3, 3, 2, 50)
+        self.documents.store_own(NodeDocument("a", 2, "x", replicas=(member,), engines=(
+            EngineRecord("db", EngineState.DEGRADED, 3, ("a",)),)))
+        self.documents.receive("b", encode_document(NodeDocument("b", 2, "x", replicas=(
+            ReplicaRecord("db", 1 << 30, ReplicaMode.REBUILDING, 3, 1, 1, progress=0.5),
+            ReplicaRecord("old", 1 << 20, ReplicaMode.DETACHED, 1, 1, 1)))))
+        self.documents.receive("c", encode_document(NodeDocument("c", 2, "x", replicas=(member,))))
+
+    @property
+    def desired(self) -> DesiredStatus:
+        return DesiredStatus(VOLUMES)
+
+    def volume_plans(self) -> list[ReplicaPlan]:
+        return [ReplicaPlan("db", ("a", "b", "c"), waiting=("c",)), ReplicaPlan("new", ("a", "b"), ("a", "b"))]
+
+
+def test_volumes_show_state_replicas_engine_placement_and_orphans() -> None:
+    by_name = {v["name"]: v for v in volumes_json(WithVolumes())}
+    db = by_name["db"]
+    assert db["state"] == "rebuilding" and db["engine"] == {"node": "a", "state": "degraded", "epoch": 3,
+                                                            "members": ["a"]}
+    assert [(r["node"], r["mode"], r["node_down"]) for r in db["replicas"]] == [
+        ("a", "member", False), ("b", "rebuilding", False), ("c", "member", True)]
+    assert db["waiting_for"] == ["c"] and db["placement"] == ["a", "b", "c"] and db["size"] == 1 << 30
+    assert by_name["new"]["state"] == "pending" and by_name["new"]["to_create"] == ["a", "b"]
+    assert by_name["old"]["state"] == "orphaned" and by_name["old"]["replicas"][0]["node"] == "b"
+    table = show_volumes(volumes_json(WithVolumes()))
+    assert "db" in table and "1GiB" in table and "rebuilding" in table and "2/3" in table

@@ -1,0 +1,29 @@
+"""The cluster as the placement functions see it, built from the member table and the documents:
+pure functions, shared by the services and the volumes reconcilers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from gossip import Member, MemberState
+from nodeorch.core.placement import NodeView
+from nodeorch.state.node_document import NodeDocument, decode_labels
+
+
+def node_views(members: Iterable[Member], documents: Mapping[str, NodeDocument]) -> list[NodeView]:
+    views = []
+    for member in members:
+        document = documents.get(member.name)
+        views.append(NodeView(
+            member.name,
+            alive=member.state in (MemberState.ALIVE, MemberState.SUSPECT),
+            suspect=member.state is MemberState.SUSPECT,
+            draining=bool(document and document.draining),
+            labels=decode_labels(member.meta),
+        ))
+    return views
+
+
+def down_since(members: Iterable[Member]) -> dict[str, float]:
+    """When each member that is dead or left entered that state (the member table's clock)."""
+    return {m.name: m.state_since for m in members if m.state in (MemberState.DEAD, MemberState.LEFT)}
