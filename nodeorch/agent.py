@@ -40,6 +40,7 @@ from nodeorch.errors import NodeorchError
 from nodeorch.faces.http_api import ApiServer
 from nodeorch.reconcile.cluster_view import down_since, node_views
 from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.replica_server_keeper import ReplicaServerKeeper
 from nodeorch.reconcile.service_runner import ServiceRunner
 from nodeorch.reconcile.volume_plan import plan_volumes
 from nodeorch.spec.desired import DesiredStatus
@@ -52,7 +53,7 @@ from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, encode_labels
-from nodeorch.state.records import HealthVerdict, InstanceRecord
+from nodeorch.state.records import HealthVerdict, InstanceRecord, ReplicaRecord
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -198,11 +199,14 @@ class Agent:
             self.events.append("agent.started", node=self.name, api=api.where)
             log.info("%s: agent running: gossip %s:%s, status endpoint %s", self.name,
                      *self.node.local_addr, api.where)
+            replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
+                                                 None if keyring is None else config.cluster.keyring)
             async with asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self._pump(stream)),
                     tasks.create_task(self._desired.watch(self._desired_changed)),
                     tasks.create_task(self._runner.run()),
+                    tasks.create_task(replica_server.run(self._volumes_desired, self._publish_replicas)),
                 ]
                 if not joined:
                     workers.append(tasks.create_task(self._keep_joining()))
@@ -298,6 +302,12 @@ class Agent:
         self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None:
         await self.publish(instances=records, health=health)
+
+    def _volumes_desired(self) -> bool:
+        return bool(self.desired.state and self.desired.state.volumes)
+
+    async def _publish_replicas(self, records: tuple[ReplicaRecord, ...]) -> None:
+        await self.publish(replicas=records)
 
     def _trigger(self) -> None:
         if self._runner is not None:

@@ -69,7 +69,8 @@ async def run_replica(args: argparse.Namespace) -> int:
     async with ReplicaServer(Path(args.dir), host, port, _secrets(args)) as server:
         print(f"replica server on {server.address} serving {args.dir}", file=sys.stderr, flush=True)
         await _until_stopped(lambda: {"address": server.address, "drops": dict(server.drops),
-                                      "replicas": [m.to_json() for m in server.store.volumes()]}, args.status_file)
+                                      "replicas": [{**m.to_json(), "used": server.store.used(m.volume)}
+                                                   for m in server.store.volumes()]}, args.status_file)
     return 0
 
 

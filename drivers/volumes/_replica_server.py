@@ -37,8 +37,8 @@ class ReplicaServer:
     """`async with ReplicaServer(directory, host, port, secrets)` serves until exit."""
 
     def __init__(self, directory: Path, host: str, port: int, secrets: Secrets) -> None:
-        self.service = ReplicaService(ReplicaStore(directory))
-        self.store = self.service.store
+        self.store = ReplicaStore(directory)
+        self.service = ReplicaService(self.store)
         self._host, self._port = host, port
         self._secrets = secrets
         self._server: asyncio.Server | None = None

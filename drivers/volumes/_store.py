@@ -305,6 +305,13 @@ class ReplicaStore:
                     found.append(meta)
         return found
 
+    def used(self, volume: str) -> int:
+        """Bytes the replica's data file takes on disk (sparse: only what was written)."""
+        try:
+            return (self.directory / f"{check_volume_name(volume)}.img").stat().st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
     def open(self, volume: str, size: int, *, create: bool, volume_id: str = "") -> Replica:
         """Open a replica; with `create`, an absent one is created empty (epoch 0), carrying the
         volume id the engine gives (every replica of one volume has the same)."""

@@ -25,6 +25,7 @@ from nodeorch.errors import NodeorchError
 DEFAULT_CONFIG_PATH = Path("/etc/nodeorch/nodeorch.toml")
 DEFAULT_GOSSIP_PORT = GOSSIP_DEFAULT_PORT
 DEFAULT_API_PORT = 7947
+DEFAULT_REPLICA_PORT = 7948
 DEFAULT_API = f"127.0.0.1:{DEFAULT_API_PORT}"
 MAX_LABELS = 64
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$")
@@ -77,6 +78,13 @@ class GossipSection:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumesSection:
+    listen: tuple[str, int] | None = None
+    """The replica server's address; None: the gossip bind address's host, DEFAULT_REPLICA_PORT."""
+    max_concurrent_rebuilds: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSection:
     listen: str = DEFAULT_API
     """host:port, or unix:/path for a unix socket."""
@@ -96,6 +104,12 @@ class NodeConfig:
     gossip: GossipSection
     api: ApiSection
     desired_path: Path = Path("/etc/nodeorch/desired.toml")
+    volumes: VolumesSection = VolumesSection()
+
+    @property
+    def replica_listen(self) -> tuple[str, int]:
+        """Where this node's replica server listens: [volumes] listen, else the gossip host."""
+        return self.volumes.listen or (self.gossip.bind[0], DEFAULT_REPLICA_PORT)
 
 
 def parse_duration(text: str) -> float:
@@ -164,7 +178,8 @@ _KNOWN = {
     "gossip": ["bind", "advertise", "profile", "seeds", "discovery"],
     "api": ["listen", "allow_remote", "allowed_hosts", "token_file"],
     "desired": ["path"],
-    "": ["node", "cluster", "gossip", "api", "desired"],
+    "volumes": ["listen", "max_concurrent_rebuilds"],
+    "": ["node", "cluster", "gossip", "api", "volumes", "desired"],
 }
 
 
@@ -289,6 +304,13 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
                   "[api] allow_remote = true")
     api.finish()
 
+    volumes = _Reader(path, text, "volumes", top.take("volumes", dict, {}))
+    replica_listen = volumes.take("listen", str, "")
+    replica_address = _address(volumes, "listen", replica_listen, DEFAULT_REPLICA_PORT) if replica_listen else None
+    rebuilds = volumes.take("max_concurrent_rebuilds", int, 2)
+    volumes.check("max_concurrent_rebuilds", rebuilds, 1 <= rebuilds <= 64, "expected 1 to 64")
+    volumes.finish()
+
     desired = _Reader(path, text, "desired", top.take("desired", dict, {}))
     desired_path = Path(desired.take("path", str, "/etc/nodeorch/desired.toml"))
     desired.finish()
@@ -300,6 +322,7 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
         cluster=ClusterSection(cluster_name, keyring, insecure, expect, expect_timeout),
         gossip=GossipSection(bind, advertise, profile, tuple(seeds), discovery),
         api=ApiSection(listen, allow_remote, tuple(h.lower() for h in allowed_hosts), token_file),
+        volumes=VolumesSection(replica_address, rebuilds),
         desired_path=desired_path,
     )
 
