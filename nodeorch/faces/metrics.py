@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from nodeorch.faces.agent_view import AgentView
+from nodeorch.faces.volume_status import volumes_json
 
 
 def _escape(value: str) -> str:
@@ -64,6 +65,30 @@ def _gossip(out: _Writer, stats: Mapping[str, int]) -> None:
     out.sample("nodeorch_gossip_queued_broadcasts", stats.get("queued_broadcasts", 0))
 
 
+VOLUME_STATES = ("pending", "detached", "starting", "healthy", "degraded", "rebuilding", "faulted", "orphaned")
+
+
+def _volumes(out: _Writer, agent: AgentView) -> None:
+    volumes = volumes_json(agent)
+    out.family("nodeorch_volume_state", "gauge", "1 for each volume's state (see /v1/volumes), 0 for the others")
+    for volume in volumes:
+        for state in VOLUME_STATES:
+            out.sample("nodeorch_volume_state", 1 if volume["state"] == state else 0, volume=volume["name"],
+                       state=state)
+    out.family("nodeorch_volume_replicas", "gauge", "Replicas of each volume held on live nodes")
+    for volume in volumes:
+        out.sample("nodeorch_volume_replicas", sum(1 for r in volume["replicas"] if not r["node_down"]),
+                   volume=volume["name"])
+    out.family("nodeorch_volume_replicas_wanted", "gauge", "Replicas each desired volume asks for")
+    for volume in volumes:
+        if "wanted" in volume:
+            out.sample("nodeorch_volume_replicas_wanted", volume["wanted"], volume=volume["name"])
+    out.family("nodeorch_replica_used_bytes", "gauge", "Bytes the replicas this node holds take on disk")
+    own = agent.documents.get(agent.name)
+    for replica in own.replicas if own else ():
+        out.sample("nodeorch_replica_used_bytes", replica.used, volume=replica.volume)
+
+
 def render_metrics(agent: AgentView) -> str:
     out = _Writer()
     out.family("nodeorch_up", "gauge", "1 while the agent loop runs")
@@ -97,6 +122,7 @@ def render_metrics(agent: AgentView) -> str:
     instances = Counter((r.state.value, r.health.value) for r in (own.instances if own else ()))
     for (state, health), count in sorted(instances.items()):
         out.sample("nodeorch_instances", count, state=state, health=health)
+    _volumes(out, agent)
     out.family("nodeorch_events_total", "counter", "Events recorded in the event log")
     out.sample("nodeorch_events_total", agent.events.last_seq)
     return "\n".join(out.lines) + "\n"

@@ -186,3 +186,15 @@ def test_volumes_show_state_replicas_engine_placement_and_orphans() -> None:
     assert by_name["old"]["state"] == "orphaned" and by_name["old"]["replicas"][0]["node"] == "b"
     table = show_volumes(volumes_json(WithVolumes()))
     assert "db" in table and "1GiB" in table and "rebuilding" in table and "2/3" in table
+
+
+def test_volume_metrics_name_each_volume_its_state_and_replicas() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(render_metrics(WithVolumes()))}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("nodeorch_volume_state", (("state", "rebuilding"), ("volume", "db")))] == 1
+    assert samples[("nodeorch_volume_state", (("state", "healthy"), ("volume", "db")))] == 0
+    assert samples[("nodeorch_volume_state", (("state", "orphaned"), ("volume", "old")))] == 1
+    assert samples[("nodeorch_volume_replicas", (("volume", "db"),))] == 2, "the dead node's replica not counted"
+    assert samples[("nodeorch_volume_replicas_wanted", (("volume", "new"),))] == 2
+    assert ("nodeorch_volume_replicas_wanted", (("volume", "old"),)) not in samples
+    assert samples[("nodeorch_replica_used_bytes", (("volume", "db"),))] == 0
