@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import ipaddress
 import logging
 import secrets
 import time
@@ -39,10 +40,11 @@ from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.errors import NodeorchError
 from nodeorch.faces.http_api import ApiServer
 from nodeorch.reconcile.cluster_view import down_since, node_views
+from nodeorch.reconcile.engine_keeper import EngineKeeper, EngineOrder
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.replica_server_keeper import ReplicaServerKeeper
 from nodeorch.reconcile.service_runner import ServiceRunner
-from nodeorch.reconcile.volume_plan import plan_volumes
+from nodeorch.reconcile.volume_plan import engine_nodes, plan_volumes, replica_sites
 from nodeorch.spec.desired import DesiredStatus
 from nodeorch.spec.desired_watcher import DesiredWatcher
 from nodeorch.spec.node_config import NodeConfig, is_loopback
@@ -53,13 +55,15 @@ from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, encode_labels
-from nodeorch.state.records import HealthVerdict, InstanceRecord, ReplicaRecord
+from nodeorch.state.records import EngineRecord, HealthVerdict, InstanceRecord, ReplicaRecord
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
 LEAVE_TIMEOUT = 5.0
 MAX_META = 512
+ENGINE_INTERVAL = 1.0
+"""How often the engines of this node are checked against where volumes are placed."""
 JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
 
 
@@ -199,14 +203,17 @@ class Agent:
             self.events.append("agent.started", node=self.name, api=api.where)
             log.info("%s: agent running: gossip %s:%s, status endpoint %s", self.name,
                      *self.node.local_addr, api.where)
+            keyring_file = None if keyring is None else config.cluster.keyring
             replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
-                                                 None if keyring is None else config.cluster.keyring)
+                                                 keyring_file)
+            engines = EngineKeeper(config.node.data_dir, config.cluster.name, keyring_file)
             async with asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self._pump(stream)),
                     tasks.create_task(self._desired.watch(self._desired_changed)),
                     tasks.create_task(self._runner.run()),
                     tasks.create_task(replica_server.run(self._volumes_desired, self._publish_replicas)),
+                    tasks.create_task(self._keep_engines(engines)),
                 ]
                 if not joined:
                     workers.append(tasks.create_task(self._keep_joining()))
@@ -261,8 +268,12 @@ class Agent:
     # Documents -----------------------------------------------------------------------------------------
 
     def _first_document(self) -> NodeDocument:
+        host, port = self.config.replica_listen
+        if ipaddress.ip_address(host).is_unspecified:  # listening everywhere: others reach the gossip address
+            host = self.node.local_addr[0] if self._node is not None else host
         return NodeDocument(name=self.name, version=0, boot_id=self.boot_id, agent_version=__version__,
-                            labels=dict(self.config.node.labels), api=self.config.api.listen)
+                            labels=dict(self.config.node.labels), api=self.config.api.listen,
+                            replica_addr=f"{host}:{port}")
 
     async def publish(self, **sections: Any) -> None:
         """Gossip this node's document with its current header and the given sections."""
@@ -302,6 +313,45 @@ class Agent:
         self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None:
         await self.publish(instances=records, health=health)
+
+    async def _keep_engines(self, keeper: EngineKeeper) -> None:
+        """Every second, once start-up settled: run the engines placed on this node, stop the
+        others, and publish what they report."""
+        published: tuple[EngineRecord, ...] | None = None
+        while True:
+            await asyncio.sleep(ENGINE_INTERVAL)
+            if self._runner is None or not self._runner.settled:
+                continue
+            await keeper.reconcile(self._engine_orders())
+            node_of = {doc.replica_addr: name for name, doc in self.documents.items() if doc.replica_addr}
+            records = keeper.records(node_of)
+            if records != published:
+                published = records
+                await self.publish(engines=records)
+
+    def _engine_orders(self) -> dict[str, EngineOrder]:
+        """The engines this node must run: those of the volumes whose slots are placed here."""
+        desired = self.desired.state
+        if desired is None or not desired.volumes:
+            return {}
+        members = self.node.members()
+        nodes = node_views(members, self.documents)
+        reported = {name: self.documents[name].replicas for name in self.documents}
+        running = {e.volume: name for name in self.documents if not self.stale(name)
+                   for e in self.documents[name].engines}
+        placed = engine_nodes(desired.services, nodes, replica_sites(reported), running)
+        plans = {p.volume: p for p in plan_volumes(desired.volumes, nodes, reported, down_since(members),
+                                                   time.monotonic())}
+        orders = {}
+        for volume in desired.volumes:
+            plan = plans.get(volume.name)
+            if placed.get(volume.name) != self.name or plan is None:
+                continue
+            holders = sorted(plan.nodes, key=lambda n: (n != self.name, n))  # this node's replica first
+            addresses = tuple(a for n in holders if n in self.documents and (a := self.documents[n].replica_addr))
+            if addresses:
+                orders[volume.name] = EngineOrder(volume.name, volume.size, addresses, volume.replica_timeout)
+        return orders
 
     def _volumes_desired(self) -> bool:
         return bool(self.desired.state and self.desired.state.volumes)

@@ -34,6 +34,7 @@ from nodeorch.errors import NodeorchError
 from nodeorch.faces.client import call
 from nodeorch.faces.port_holders import taken_ports
 from nodeorch.faces.tables import table
+from nodeorch.reconcile.engine_keeper import stop_engines
 from nodeorch.reconcile.replica_server_keeper import stop_replica_server
 from nodeorch.spec.node_config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT, render_node_config
 from nodeorch.spec.secret_files import write_keyring
@@ -131,13 +132,14 @@ def node_config(index: int, folder: Path, ips: list[str]) -> str:
 
 
 async def stop_instances(folder: Path) -> None:
-    """Stop the process instances and replica servers the dev agents ran (they outlive an agent by
-    design)."""
+    """Stop the process instances, engines and replica servers the dev agents ran (they outlive an
+    agent by design)."""
     nodes = json.loads((folder / NODES_FILE).read_text())
     for node in nodes:
         driver = ProcessDriver(folder / node["name"] / "data", node["name"], node["ip"])
         for instance in await driver.instances():
             await driver.stop(instance.service, instance.slot, grace=5)
+        await asyncio.to_thread(stop_engines, folder / node["name"] / "data")
         await asyncio.to_thread(stop_replica_server, folder / node["name"] / "data")
 
 

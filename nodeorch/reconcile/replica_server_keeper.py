@@ -14,17 +14,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-from drivers.containers.process import process_start_ticks
 from nodeorch.core.backoff import Backoff, BackoffPolicy
+from nodeorch.reconcile.detached_process import read_record, start_detached, terminate
 from nodeorch.state.records import ReplicaMode, ReplicaRecord
 
 log = logging.getLogger(__name__)
@@ -82,39 +79,28 @@ class ReplicaServerKeeper:
             await asyncio.sleep(CHECK_INTERVAL)
 
     def _adopt(self) -> int | None:
-        try:
-            record: dict[str, Any] = json.loads(self.pid_file.read_text())
-            pid, ticks = int(record["pid"]), record["start_ticks"]
-        except (OSError, ValueError, KeyError, TypeError):
+        record = read_record(self.pid_file)
+        if record is None:
             return None
-        if process_start_ticks(pid) != ticks:
-            return None
-        log.info("adopted the running replica server (pid %d)", pid)
-        return pid
+        log.info("adopted the running replica server (pid %d)", record["pid"])
+        return int(record["pid"])
 
     def _alive(self, pid: int) -> bool:
-        if self._child is not None and self._child.pid == pid:
-            return self._child.poll() is None
-        return process_start_ticks(pid) is not None
+        if self._child is not None and self._child.pid == pid and self._child.poll() is not None:
+            return False
+        return read_record(self.pid_file) is not None
 
     def _start(self) -> int | None:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with (self.folder / "replica-server.log").open("ab") as out:
-            try:
-                self._child = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=out,
-                                               stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-            except OSError as error:
-                log.error("cannot start the replica server: %s", error.strerror)
-                self._backoff.failed("server", self._clock())
-                return None
-        pid = self._child.pid
+        try:
+            self._child = start_detached(self.argv(), self.folder / "replica-server.log", self.pid_file,
+                                         {"listen": f"{self._listen[0]}:{self._listen[1]}"})
+        except OSError as error:
+            log.error("cannot start the replica server: %s", error.strerror)
+            self._backoff.failed("server", self._clock())
+            return None
         self._started_at = self._clock()
-        temp = self.pid_file.with_suffix(".tmp")
-        temp.write_text(json.dumps({"pid": pid, "start_ticks": process_start_ticks(pid),
-                                    "listen": f"{self._listen[0]}:{self._listen[1]}"}))
-        temp.replace(self.pid_file)
-        log.info("replica server started (pid %d) on %s:%d", pid, *self._listen)
-        return pid
+        log.info("replica server started (pid %d) on %s:%d", self._child.pid, *self._listen)
+        return self._child.pid
 
     def _read_replicas(self) -> tuple[ReplicaRecord, ...]:
         """What the server's status file says it holds, while the server runs and writes it."""
@@ -135,18 +121,4 @@ class ReplicaServerKeeper:
 def stop_replica_server(data_dir: Path, grace: float = 5.0) -> None:
     """Stop the replica server an agent with this data dir ran (`nodeorch dev` and tests clean up
     with it; a real node keeps its server across agent restarts)."""
-    try:
-        record = json.loads((data_dir / "volumes" / "replica-server.json").read_text())
-        pid, ticks = int(record["pid"]), record["start_ticks"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if process_start_ticks(pid) != ticks:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while process_start_ticks(pid) == ticks and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        if process_start_ticks(pid) == ticks:
-            os.kill(pid, signal.SIGKILL)
+    terminate(data_dir / "volumes" / "replica-server.json", grace)

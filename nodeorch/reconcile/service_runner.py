@@ -215,6 +215,11 @@ class ServiceRunner:
             self._submit(decision)
         await self._publish(local)
 
+    @property
+    def settled(self) -> bool:
+        """Whether start-up is over: the other nodes' documents arrived (or the gate timed out)."""
+        return self._settled
+
     def _view_complete(self, now: float) -> bool:
         live = [m.name for m in self._host.members()
                 if m.name != self._host.name and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]

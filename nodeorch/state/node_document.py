@@ -51,6 +51,8 @@ class NodeDocument:
     desired_error: str = ""
     """Why this node refused its desired-state file, if it did (it keeps the last good one)."""
     api: str = ""
+    replica_addr: str = ""
+    """HOST:PORT of this node's replica server, for the engines of other nodes."""
     updated_at: float = 0.0
     """Unix time the owner wrote this version."""
     instances: tuple[InstanceRecord, ...] = ()
@@ -74,6 +76,7 @@ class NodeDocument:
             "desired": {"revision": self.desired_revision, "digest": self.desired_digest,
                         "error": self.desired_error},
             "api": self.api,
+            "replica_addr": self.replica_addr,
             "updated_at": self.updated_at,
             "instances": [r.to_wire() for r in self.instances],
             "replicas": [r.to_wire() for r in self.replicas],
@@ -84,7 +87,7 @@ class NodeDocument:
 
 _FIELDS = {
     "n": "name", "v": "version", "b": "boot_id", "av": "agent_version", "l": "labels", "d": "draining",
-    "dr": "desired_revision", "dd": "desired_digest", "de": "desired_error", "api": "api",
+    "dr": "desired_revision", "dd": "desired_digest", "de": "desired_error", "api": "api", "ra": "replica_addr",
     "u": "updated_at", "i": "instances", "r": "replicas", "e": "engines", "h": "health",
 }
 _KEYS = {v: k for k, v in _FIELDS.items()}
@@ -147,7 +150,7 @@ def decode_document(data: bytes) -> NodeDocument:
     _check(type(values.get("name")) is str and 0 < len(values["name"]) <= 128, "name: missing or invalid")
     _check(type(values.get("version")) is int and values["version"] >= 0, "version: missing or invalid")
     _check(type(values.get("boot_id")) is str, "boot_id: missing")
-    for key in ("agent_version", "desired_digest", "desired_error", "api"):
+    for key in ("agent_version", "desired_digest", "desired_error", "api", "replica_addr"):
         _check(type(values.get(key, "")) is str, f"{key}: expected a string")
     labels = values.get("labels", {})
     _check(type(labels) is dict and all(type(k) is str and type(v) is str for k, v in labels.items()),

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nodeorch.reconcile.engine_keeper import stop_engines
 from nodeorch.reconcile.replica_server_keeper import stop_replica_server
 from nodeorch.spec.node_config import render_node_config
 from nodeorch.spec.secret_files import write_keyring
@@ -124,4 +125,5 @@ async def agent_trio(folder: Path, desired: str, names: Sequence[str] = ("node-1
             for pid in instance_pids(folder, agent.name).values():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+            stop_engines(folder / agent.name / "data", grace=0)
             stop_replica_server(folder / agent.name / "data", grace=0)

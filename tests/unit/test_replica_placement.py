@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from nodeorch.core.placement import NodeView, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaSite, VolumeShape, place_replicas, place_volumes
-from nodeorch.reconcile.volume_plan import replica_sites
+from nodeorch.reconcile.volume_plan import engine_nodes, replica_sites
+from nodeorch.spec.desired import parse_desired
 from nodeorch.state.records import ReplicaMode, ReplicaRecord
 
 DB = VolumeShape("db", replicas=3, replenish_wait=600.0)
@@ -122,3 +123,16 @@ def test_reported_replicas_count_as_healthy_in_the_set_or_in_the_newest_detached
     })
     assert {(s.volume, s.node): s.healthy for s in sites} == {
         ("db", "a"): True, ("db", "b"): True, ("db", "c"): False, ("web", "d"): True, ("web2", "d"): False}
+
+
+def test_the_engine_of_a_slot_goes_where_its_healthy_replicas_are_and_stays_where_it_runs() -> None:
+    spec = parse_desired(b'revision = 1\n[[volume]]\nname = "db"\nsize = "1GiB"\n'
+                         b'[[service]]\nname = "db"\ncommand = ["x"]\nscale = 2\n'
+                         b'volumes = [{ volume = "db", path = "/d", per_slot = true }]\n').services
+    view = nodes("a", "b", "c", "d", "e")
+    sites = [ReplicaSite("db-0", "c"), ReplicaSite("db-0", "d", healthy=False), ReplicaSite("db-1", "e")]
+    placed = engine_nodes(spec, view, sites, {})
+    assert placed == {"db-0": "c", "db-1": "e"}
+    assert engine_nodes(spec, view, sites, {"db-0": "a"})["db-0"] == "a", "a running engine stays"
+    gone = [NodeView("a", alive=False), *(n for n in view if n.name != "a")]
+    assert engine_nodes(spec, gone, sites, {"db-0": "a"})["db-0"] == "c", "a dead node's engine moves"
