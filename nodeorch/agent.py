@@ -298,7 +298,7 @@ class Agent:
         members = self.node.members()
         reported = {name: self.documents[name].replicas for name in self.documents}
         return plan_volumes(volumes, node_views(members, self.documents), reported, down_since(members),
-                            time.monotonic())
+                            time.time())
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
         """The services to place: all but those held (see `held_reason`)."""
@@ -341,7 +341,7 @@ class Agent:
                    for e in self.documents[name].engines}
         placed = engine_nodes(desired.services, nodes, replica_sites(reported), running)
         plans = {p.volume: p for p in plan_volumes(desired.volumes, nodes, reported, down_since(members),
-                                                   time.monotonic())}
+                                                   time.time())}
         orders = {}
         for volume in desired.volumes:
             plan = plans.get(volume.name)

@@ -25,5 +25,5 @@ def node_views(members: Iterable[Member], documents: Mapping[str, NodeDocument])
 
 
 def down_since(members: Iterable[Member]) -> dict[str, float]:
-    """When each member that is dead or left entered that state (the member table's clock)."""
+    """When each member that is dead or left entered that state (unix time, as member snapshots give it)."""
     return {m.name: m.state_since for m in members if m.state in (MemberState.DEAD, MemberState.LEFT)}

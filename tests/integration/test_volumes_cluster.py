@@ -127,3 +127,27 @@ async def test_each_node_keeps_its_replica_server_through_a_kill_and_an_agent_re
         await agents[1].wait_ready()
         await asyncio.sleep(2)
         assert replica_server_pid(tmp_path, agents[1]) == pids[1], "the restarted agent adopted its server"
+
+
+REPLENISH = DESIRED.replace('replica_timeout = "2s"', 'replica_timeout = "2s"\nreplenish_wait = "6s"')
+
+
+async def test_a_lost_replica_is_replaced_after_replenish_wait_and_rebuilt(tmp_path: Path) -> None:
+    names = ("node-1", "node-2", "node-3", "node-4")
+    async with agent_trio(tmp_path, REPLENISH, names, expect=4) as agents:
+        db = await serving(agents, "healthy", 3)
+        owner = next(a for a in agents if a.name == db["engine"]["node"])
+        written = qemu_io(engine_socket(tmp_path, owner), "write -P 0x6d 0 4M", "flush")
+        assert written.returncode == 0 and "error" not in written.stdout, written.stdout + written.stderr
+        spare = next(a for a in agents if a.name not in db["placement"])
+        victim = next(a for a in agents if a.name in db["placement"] and a is not owner)
+        victim.kill()
+        stop_engines(tmp_path / victim.name / "data", grace=0)
+        stop_replica_server(tmp_path / victim.name / "data", grace=0)
+        survivors = [a for a in agents if a is not victim]
+        await serving(survivors, "degraded", 2)
+        healed = await serving(survivors, "healthy", 3)
+        assert spare.name in healed["placement"] and victim.name not in healed["placement"]
+        assert healed["engine"]["node"] == owner.name, "the engine stays where it ran"
+        check = qemu_io(engine_socket(tmp_path, owner), "read -P 0x6d 0 4M")
+        assert check.returncode == 0 and "error" not in check.stdout, check.stdout + check.stderr
