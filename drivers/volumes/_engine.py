@@ -571,10 +571,10 @@ class Engine:
         raise NoQuorum(f"{self.status.volume}: no replica could serve the read")
 
     async def close(self) -> None:
-        """Flush what can be flushed and let go of the replicas."""
+        """Flush what can be flushed, marking the replicas clean, and let go of them."""
         with contextlib.suppress(VolumeError):
             if self.members and not self.status.fault:
-                await self.flush()
+                await self._quorum(OP_FLUSH, {"clean": True})
         for task in [*self._background, *self._rebuilds.values()]:
             task.cancel()
         for client in self._clients.values():

@@ -129,7 +129,7 @@ class ReplicaService:
             found = replica.extents(epoch, field(header, "offset", int), field(header, "length", int))
             return {"extents": [list(e) for e in found]}, b""
         if op == OP_FLUSH:
-            replica.flush(epoch)
+            replica.flush(epoch, clean=header.get("clean") is True)
             return {}, b""
         if op == OP_MEMBERS:
             seq = header.get("seq", 0)

@@ -257,12 +257,14 @@ class Replica:
         self._bounds(offset, length)
         return self._backing.pread(length, offset)
 
-    def flush(self, epoch: int) -> None:
-        """Everything written so far is durable, and so is the sequence number that says so."""
+    def flush(self, epoch: int, clean: bool = False) -> None:
+        """Everything written so far is durable, and so is the sequence number that says so. With
+        `clean` (an engine's last flush before it closes) the replica is marked clean: the next
+        engine needs no resync for it, until a write makes it unclean again."""
         self._check(epoch)
         self._backing.sync()
-        if self.seq != self.meta.seq:
-            self._save(replace(self.meta, seq=self.seq))
+        if self.seq != self.meta.seq or (clean and not self.meta.clean):
+            self._save(replace(self.meta, seq=self.seq, clean=self.meta.clean or clean))
 
     def _bounds(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.meta.size:

@@ -79,3 +79,33 @@ def test_a_starting_engine_leaves_out_a_replica_ejected_after_it_looked() -> Non
     assert result["members_after_repair"] == ("r0:1", "r1:1", "r2:1")
     assert result["r2"] == b"\x02" * BLOCK + b"\x03" * BLOCK, \
         "r2 was rebuilt in full, not caught up from a map it never had"
+
+
+async def restart_after(clean: bool) -> int:
+    replicas = {f"r{i}:1": SimReplica(f"r{i}:1") for i in range(3)}
+
+    def link(address: str, on_lost: Any) -> ReplicaLink:
+        return MemoryLink(replicas[address], on_lost)
+
+    first = Engine("vol", SIZE, list(replicas), Secrets("sim", ()), replica_timeout=2.0, links=link)
+    await first.start()
+    await first.write(0, b"\x07" * BLOCK, fua=False)
+    if clean:
+        await first.close()
+    else:  # the engine dies: its connections reset
+        for client in first._clients.values():
+            assert isinstance(client, MemoryLink)
+            client.reset("killed")
+    second = Engine("vol", SIZE, list(replicas), Secrets("sim", ()), replica_timeout=2.0, links=link)
+    await second.start()
+    await asyncio.sleep(5)
+    resyncs = second.status.io["resyncs"]
+    await second.close()
+    if not clean:
+        await first.close()
+    return resyncs
+
+
+def test_a_clean_close_spares_the_next_engine_a_resync_and_a_crash_does_not() -> None:
+    assert run(restart_after(clean=True)) == 0
+    assert run(restart_after(clean=False)) == 2, "both other members are made equal to the source"
