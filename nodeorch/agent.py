@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 from drivers.containers.docker import DockerDriver
@@ -64,6 +65,8 @@ LEAVE_TIMEOUT = 5.0
 MAX_META = 512
 ENGINE_INTERVAL = 1.0
 """How often the engines of this node are checked against where volumes are placed."""
+ENGINE_LEFT_GRACE = 30.0
+"""How long the engines of a node that left (its agent stopped; they go on running) stay its own."""
 JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
 
 
@@ -196,17 +199,19 @@ class Agent:
             }, expect=config.cluster.expect, expect_timeout=config.cluster.expect_timeout)
             self._publisher = DocumentPublisher(self._first_document(), self.documents, self.events,
                                                 self.node.set_app_state)
-            await self.publish(instances=await self._runner.adopt())
+            keyring_file = None if keyring is None else config.cluster.keyring
+            replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
+                                                 keyring_file)
+            engines = EngineKeeper(config.node.data_dir, config.cluster.name, keyring_file)
+            # The engines still running from before a restart go into the first document, so no
+            # other node takes their volumes for unserved while this agent was away.
+            await self.publish(instances=await self._runner.adopt(), engines=engines.records({}))
             joined = await self._join_seeds()
             release_startup_memory()
             notify("READY=1\nSTATUS=joined; serving on " + api.where)
             self.events.append("agent.started", node=self.name, api=api.where)
             log.info("%s: agent running: gossip %s:%s, status endpoint %s", self.name,
                      *self.node.local_addr, api.where)
-            keyring_file = None if keyring is None else config.cluster.keyring
-            replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
-                                                 keyring_file)
-            engines = EngineKeeper(config.node.data_dir, config.cluster.name, keyring_file)
             async with asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self._pump(stream)),
@@ -322,26 +327,34 @@ class Agent:
             await asyncio.sleep(ENGINE_INTERVAL)
             if self._runner is None or not self._runner.settled:
                 continue
-            await keeper.reconcile(self._engine_orders())
+            await keeper.reconcile(self._engine_orders(keeper))
             node_of = {doc.replica_addr: name for name, doc in self.documents.items() if doc.replica_addr}
             records = keeper.records(node_of)
             if records != published:
                 published = records
                 await self.publish(engines=records)
 
-    def _engine_orders(self) -> dict[str, EngineOrder]:
-        """The engines this node must run: those of the volumes whose slots are placed here."""
+    def _engine_orders(self, keeper: EngineKeeper) -> dict[str, EngineOrder]:
+        """The engines this node must run: those of the volumes whose slots are placed here.
+
+        An engine is where a live node's document says it runs, or this node's own running ones.
+        A node that left (an agent stopped or restarting: its engines go on running) keeps its
+        engines for ENGINE_LEFT_GRACE before another node takes them over with a new epoch; a node
+        declared dead loses them at once."""
         desired = self.desired.state
         if desired is None or not desired.volumes:
             return {}
         members = self.node.members()
-        nodes = node_views(members, self.documents)
+        now = time.time()
+        away = {m.name for m in members if m.state is MemberState.LEFT and now - m.state_since < ENGINE_LEFT_GRACE}
+        nodes = [replace(n, alive=True, suspect=True) if n.name in away else n
+                 for n in node_views(members, self.documents)]
         reported = {name: self.documents[name].replicas for name in self.documents}
-        running = {e.volume: name for name in self.documents if not self.stale(name)
+        running = {e.volume: name for name in self.documents if not self.stale(name) or name in away
                    for e in self.documents[name].engines}
+        running.update({volume: self.name for volume in keeper.running()})
         placed = engine_nodes(desired.services, nodes, replica_sites(reported), running)
-        plans = {p.volume: p for p in plan_volumes(desired.volumes, nodes, reported, down_since(members),
-                                                   time.time())}
+        plans = {p.volume: p for p in plan_volumes(desired.volumes, nodes, reported, down_since(members), now)}
         orders = {}
         for volume in desired.volumes:
             plan = plans.get(volume.name)

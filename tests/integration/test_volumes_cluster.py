@@ -151,3 +151,31 @@ async def test_a_lost_replica_is_replaced_after_replenish_wait_and_rebuilt(tmp_p
         assert healed["engine"]["node"] == owner.name, "the engine stays where it ran"
         check = qemu_io(engine_socket(tmp_path, owner), "read -P 0x6d 0 4M")
         assert check.returncode == 0 and "error" not in check.stdout, check.stdout + check.stderr
+
+
+def fio_against(socket: Path, seconds: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([need("fio"), "--name=rolling", "--ioengine=nbd", f"--uri=nbd+unix:///db?socket={socket}",
+                             "--rw=randwrite", "--bs=4k", "--size=16M", "--iodepth=4", "--rate_iops=500",
+                             "--time_based", f"--runtime={seconds}", "--verify=crc32c", "--do_verify=1",
+                             "--verify_fatal=1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+async def test_restarting_every_agent_in_turn_does_not_interrupt_io(tmp_path: Path) -> None:
+    async with agent_trio(tmp_path, DESIRED, expect=3) as agents:
+        db = await serving(agents, "healthy", 3)
+        owner = next(a for a in agents if a.name == db["engine"]["node"])
+        engine_pid = read_record(tmp_path / owner.name / "data" / "volumes" / "engines" / "db.json")
+        load = fio_against(engine_socket(tmp_path, owner), 20)
+        try:
+            for agent in agents:
+                agent.terminate()
+                agent.start()
+                await agent.wait_ready()
+            out, _ = await asyncio.to_thread(load.communicate, timeout=120)
+        finally:
+            load.kill()
+        assert load.returncode == 0 and "err= 0" in out, out[-2000:]
+        again = read_record(tmp_path / owner.name / "data" / "volumes" / "engines" / "db.json")
+        assert engine_pid is not None and again is not None and again["pid"] == engine_pid["pid"], \
+            "the same engine served throughout"
+        assert (await serving(agents, "healthy", 3))["engine"]["epoch"] == 1
