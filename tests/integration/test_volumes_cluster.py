@@ -6,6 +6,7 @@ with its data, and the service that uses it is held (attaching is the next step)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -179,3 +180,29 @@ async def test_restarting_every_agent_in_turn_does_not_interrupt_io(tmp_path: Pa
         assert engine_pid is not None and again is not None and again["pid"] == engine_pid["pid"], \
             "the same engine served throughout"
         assert (await serving(agents, "healthy", 3))["engine"]["epoch"] == 1
+
+
+async def test_a_replica_node_back_before_replenish_wait_gets_only_what_it_missed(tmp_path: Path) -> None:
+    async with agent_trio(tmp_path, DESIRED.replace('replica_timeout = "2s"',
+                                                    'replica_timeout = "2s"\nreplenish_wait = "120s"'),
+                          expect=3) as agents:
+        db = await serving(agents, "healthy", 3)
+        owner = next(a for a in agents if a.name == db["engine"]["node"])
+        socket = engine_socket(tmp_path, owner)
+        assert qemu_io(socket, "write -P 0x01 0 16M", "flush").returncode == 0
+        victim = next(a for a in agents if a is not owner)
+        victim.kill()
+        stop_replica_server(tmp_path / victim.name / "data", grace=0)
+        survivors = [a for a in agents if a is not victim]
+        await serving(survivors, "degraded", 2)
+        missed = 2 << 20
+        assert qemu_io(socket, "write -P 0x02 20M 1M", "write -P 0x03 40M 1M", "flush").returncode == 0
+        status_file = tmp_path / owner.name / "data" / "volumes" / "engines" / "db.status"
+        before = json.loads(status_file.read_text())["io"].get("rebuild_bytes", 0)
+        victim.start()
+        await victim.wait_ready()
+        back = await serving(agents, "healthy", 3)
+        assert victim.name in back["placement"], "the replica kept its place"
+        sent = json.loads(status_file.read_text())["io"].get("rebuild_bytes", 0) - before
+        assert 0 < sent <= 2 * missed, f"{sent} bytes sent to catch up on {missed} bytes missed"
+        assert qemu_io(socket, "read -P 0x02 20M 1M", "read -P 0x01 0 16M").returncode == 0
