@@ -65,6 +65,7 @@ LEAVE_TIMEOUT = 5.0
 MAX_META = 512
 ENGINE_INTERVAL = 1.0
 """How often the engines of this node are checked against where volumes are placed."""
+ENGINE_START_DELAY = 2.0
 ENGINE_LEFT_GRACE = 30.0
 """How long the engines of a node that left (its agent stopped; they go on running) stay its own."""
 JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
@@ -323,11 +324,20 @@ class Agent:
         """Every second, once start-up settled: run the engines placed on this node, stop the
         others, and publish what they report."""
         published: tuple[EngineRecord, ...] | None = None
+        placed_since: dict[str, float] = {}
         while True:
             await asyncio.sleep(ENGINE_INTERVAL)
             if self._runner is None or not self._runner.settled:
                 continue
-            await keeper.reconcile(self._engine_orders(keeper))
+            orders = self._engine_orders(keeper)
+            # A new engine starts only once its volume has been placed here for ENGINE_START_DELAY:
+            # nodes learn of a death at slightly different moments, and an engine that starts on
+            # a passing view only to be fenced by the right one interrupts I/O twice.
+            now = time.monotonic()
+            running = keeper.running()
+            placed_since = {v: placed_since.get(v, now) for v in orders if v not in running}
+            ready = {v: o for v, o in orders.items() if v in running or now - placed_since[v] >= ENGINE_START_DELAY}
+            await keeper.reconcile(ready)
             node_of = {doc.replica_addr: name for name, doc in self.documents.items() if doc.replica_addr}
             records = keeper.records(node_of)
             if records != published:
@@ -350,9 +360,16 @@ class Agent:
         nodes = [replace(n, alive=True, suspect=True) if n.name in away else n
                  for n in node_views(members, self.documents)]
         reported = {name: self.documents[name].replicas for name in self.documents}
-        running = {e.volume: name for name in self.documents if not self.stale(name) or name in away
-                   for e in self.documents[name].engines}
-        running.update({volume: self.name for volume in keeper.running()})
+        # where each volume's engine runs: the highest epoch reported wins (a node whose engine
+        # was fenced by a newer one gives it up), then this node's own not yet reported
+        reports: dict[str, tuple[int, str]] = {}
+        for name in self.documents:
+            if not self.stale(name) or name in away:
+                for engine in self.documents[name].engines:
+                    reports[engine.volume] = max(reports.get(engine.volume, (-1, "")), (engine.epoch, name))
+        for own in keeper.running():
+            reports.setdefault(own, (0, self.name))
+        running = {volume_name: node for volume_name, (_, node) in reports.items()}
         placed = engine_nodes(desired.services, nodes, replica_sites(reported), running)
         plans = {p.volume: p for p in plan_volumes(desired.volumes, nodes, reported, down_since(members), now)}
         orders = {}

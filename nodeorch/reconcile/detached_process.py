@@ -46,31 +46,41 @@ def _still(pid: int, ticks: object) -> bool:
     return process_start_ticks(pid) == ticks
 
 
-def terminate(record: Path, grace: float) -> None:
-    """SIGTERM the recorded process, SIGKILL after `grace` (blocking: for tools and tests)."""
+def _ask_to_stop(record: Path) -> tuple[int, object] | None:
+    """SIGTERM the recorded process if it runs; its (pid, start ticks)."""
     data = read_record(record)
     if data is None:
-        return
-    pid, ticks = int(data["pid"]), data["start_ticks"]
+        return None
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _still(pid, ticks) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        os.kill(int(data["pid"]), signal.SIGTERM)
+    return int(data["pid"]), data["start_ticks"]
+
+
+def _finish(record: Path, pid: int, ticks: object) -> None:
     with contextlib.suppress(ProcessLookupError):
         if _still(pid, ticks):
             os.kill(pid, signal.SIGKILL)
     _forget(record)
 
 
+def terminate(record: Path, grace: float) -> None:
+    """SIGTERM the recorded process, SIGKILL after `grace` (blocking: for tools and tests)."""
+    asked = _ask_to_stop(record)
+    if asked is None:
+        return
+    pid, ticks = asked
+    deadline = time.monotonic() + grace
+    while _still(pid, ticks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _finish(record, pid, ticks)
+
+
 async def terminate_async(record: Path, grace: float, child: subprocess.Popen[bytes] | None = None) -> None:
     """The same, without holding up the event loop; `child`: the Popen if we started it (reaped)."""
-    data = read_record(record)
-    if data is None:
+    asked = _ask_to_stop(record)
+    if asked is None:
         return
-    pid, ticks = int(data["pid"]), data["start_ticks"]
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    pid, ticks = asked
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     while loop.time() < deadline:
@@ -79,13 +89,10 @@ async def terminate_async(record: Path, grace: float, child: subprocess.Popen[by
         if not _still(pid, ticks):
             break
         await asyncio.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        if _still(pid, ticks):
-            os.kill(pid, signal.SIGKILL)
+    _finish(record, pid, ticks)
     if child is not None and child.pid == pid:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=1)
-    _forget(record)
+            child.wait(timeout=1)  # reaped at once: it exited or was just killed
 
 
 def _forget(record: Path) -> None:
