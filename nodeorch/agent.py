@@ -56,7 +56,7 @@ from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, encode_labels
-from nodeorch.state.records import EngineRecord, HealthVerdict, InstanceRecord, ReplicaRecord
+from nodeorch.state.records import EngineRecord, EngineState, HealthVerdict, InstanceRecord, ReplicaRecord
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -341,8 +341,22 @@ class Agent:
             node_of = {doc.replica_addr: name for name, doc in self.documents.items() if doc.replica_addr}
             records = keeper.records(node_of)
             if records != published:
+                self._volume_events(published or (), records)
                 published = records
                 await self.publish(engines=records)
+
+    def _volume_events(self, before: tuple[EngineRecord, ...], after: tuple[EngineRecord, ...]) -> None:
+        """volume.degraded, volume.faulted and volume.healthy (again, after either) as this node's
+        engines report them."""
+        was = {e.volume: e.state for e in before}
+        for engine in after:
+            previous = was.get(engine.volume)
+            if engine.state == previous or engine.state is EngineState.STARTING:
+                continue
+            if engine.state is EngineState.HEALTHY and previous in (None, EngineState.STARTING):
+                continue  # a start, not a recovery
+            self.events.append(f"volume.{engine.state.value}", volume=engine.volume, node=self.name,
+                               epoch=engine.epoch, members=list(engine.members))
 
     def _engine_orders(self, keeper: EngineKeeper) -> dict[str, EngineOrder]:
         """The engines this node must run: those of the volumes whose slots are placed here.

@@ -62,6 +62,11 @@ def qemu_io(socket: Path, *commands: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
 
 
+def event_kinds(agent: AgentProcess) -> list[str]:
+    logged = cli("events", "--json", "--api", agent.api, env=agent.env)
+    return [json.loads(line)["kind"] for line in logged.stdout.splitlines() if line.strip()]
+
+
 def one_engine(tmp_path: Path, agents: list[AgentProcess]) -> bool:
     """Exactly one of these nodes runs an engine of the volume."""
     return sum(read_record(tmp_path / a.name / "data" / "volumes" / "engines" / "db.json") is not None
@@ -112,6 +117,7 @@ async def test_the_node_of_the_slot_runs_the_engine_and_a_dead_node_s_volume_mov
         assert moved["engine"]["node"] != owner.name and moved["engine"]["epoch"] >= 2
         await wait_until(lambda: one_engine(tmp_path, survivors), 20)
         heir = next(a for a in survivors if a.name == moved["engine"]["node"])
+        assert "volume.degraded" in event_kinds(heir)
         check = qemu_io(engine_socket(tmp_path, heir), "read -P 0x5c 0 8M")
         assert check.returncode == 0 and "error" not in check.stdout, check.stdout + check.stderr
 
@@ -157,6 +163,7 @@ async def test_a_lost_replica_is_replaced_after_replenish_wait_and_rebuilt(tmp_p
         healed = await serving(survivors, "healthy", 3)
         assert spare.name in healed["placement"] and victim.name not in healed["placement"]
         assert healed["engine"]["node"] == owner.name, "the engine stays where it ran"
+        assert {"volume.degraded", "volume.healthy"} <= set(event_kinds(owner))
         check = qemu_io(engine_socket(tmp_path, owner), "read -P 0x6d 0 4M")
         assert check.returncode == 0 and "error" not in check.stdout, check.stdout + check.stderr
 
