@@ -15,9 +15,8 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from typing import Any
 
 from drivers.containers.docker import DockerDriver
@@ -40,12 +39,11 @@ from nodeorch.core.placement import Assignment
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.errors import NodeorchError
 from nodeorch.faces.http_api import ApiServer
-from nodeorch.reconcile.cluster_view import down_since, node_views
-from nodeorch.reconcile.engine_keeper import EngineKeeper, EngineOrder
+from nodeorch.reconcile.engine_keeper import EngineKeeper
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.replica_server_keeper import ReplicaServerKeeper
 from nodeorch.reconcile.service_runner import ServiceRunner
-from nodeorch.reconcile.volume_plan import engine_nodes, plan_volumes, replica_sites
+from nodeorch.reconcile.volume_plan import VolumeView, engine_events, engine_orders, volume_view
 from nodeorch.spec.desired import DesiredStatus
 from nodeorch.spec.desired_watcher import DesiredWatcher
 from nodeorch.spec.node_config import NodeConfig, is_loopback
@@ -56,7 +54,7 @@ from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, encode_labels
-from nodeorch.state.records import EngineRecord, EngineState, HealthVerdict, InstanceRecord, ReplicaRecord
+from nodeorch.state.records import EngineRecord, HealthVerdict, InstanceRecord, ReplicaRecord
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -65,9 +63,6 @@ LEAVE_TIMEOUT = 5.0
 MAX_META = 512
 ENGINE_INTERVAL = 1.0
 """How often the engines of this node are checked against where volumes are placed."""
-ENGINE_START_DELAY = 2.0
-ENGINE_LEFT_GRACE = 30.0
-"""How long the engines of a node that left (its agent stopped; they go on running) stay its own."""
 JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
 
 
@@ -276,7 +271,7 @@ class Agent:
     def _first_document(self) -> NodeDocument:
         host, port = self.config.replica_listen
         if ipaddress.ip_address(host).is_unspecified:  # listening everywhere: others reach the gossip address
-            host = self.node.local_addr[0] if self._node is not None else host
+            host = self.node.local_addr[0]
         return NodeDocument(name=self.name, version=0, boot_id=self.boot_id, agent_version=__version__,
                             labels=dict(self.config.node.labels), api=self.config.api.listen,
                             replica_addr=f"{host}:{port}")
@@ -300,11 +295,11 @@ class Agent:
     def volume_plans(self) -> list[ReplicaPlan]:
         """Where every desired volume's replicas belong, as this node computes it now (a dead
         node's replicas are known from its last document)."""
+        return list(self._volume_view(()).plans.values())
+
+    def _volume_view(self, own_engines: Iterable[str]) -> VolumeView:
         volumes = self.desired.state.volumes if self.desired.state else ()
-        members = self.node.members()
-        reported = {name: self.documents[name].replicas for name in self.documents}
-        return plan_volumes(volumes, node_views(members, self.documents), reported, down_since(members),
-                            time.time())
+        return volume_view(volumes, self.node.members(), self.documents, self.name, own_engines, time.time())
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
         """The services to place: all but those held (see `held_reason`)."""
@@ -323,79 +318,20 @@ class Agent:
     async def _keep_engines(self, keeper: EngineKeeper) -> None:
         """Every second, once start-up settled: run the engines placed on this node, stop the
         others, and publish what they report."""
-        published: tuple[EngineRecord, ...] | None = None
-        placed_since: dict[str, float] = {}
+        published: tuple[EngineRecord, ...] = ()
         while True:
             await asyncio.sleep(ENGINE_INTERVAL)
-            if self._runner is None or not self._runner.settled:
+            desired = self.desired.state
+            if self._runner is None or not self._runner.settled or desired is None:
                 continue
-            orders = self._engine_orders(keeper)
-            # A new engine starts only once its volume has been placed here for ENGINE_START_DELAY:
-            # nodes learn of a death at slightly different moments, and an engine that starts on
-            # a passing view only to be fenced by the right one interrupts I/O twice.
-            now = time.monotonic()
-            running = keeper.running()
-            placed_since = {v: placed_since.get(v, now) for v in orders if v not in running}
-            ready = {v: o for v, o in orders.items() if v in running or now - placed_since[v] >= ENGINE_START_DELAY}
-            await keeper.reconcile(ready)
-            node_of = {doc.replica_addr: name for name, doc in self.documents.items() if doc.replica_addr}
-            records = keeper.records(node_of)
+            view = self._volume_view(keeper.running())
+            await keeper.reconcile(engine_orders(view, desired.volumes, desired.services, self.name))
+            records = keeper.records({address: node for node, address in view.addresses.items()})
             if records != published:
-                self._volume_events(published or (), records)
+                for kind, fields in engine_events(published, records):
+                    self.events.append(kind, node=self.name, **fields)
                 published = records
                 await self.publish(engines=records)
-
-    def _volume_events(self, before: tuple[EngineRecord, ...], after: tuple[EngineRecord, ...]) -> None:
-        """volume.degraded, volume.faulted and volume.healthy (again, after either) as this node's
-        engines report them."""
-        was = {e.volume: e.state for e in before}
-        for engine in after:
-            previous = was.get(engine.volume)
-            if engine.state == previous or engine.state is EngineState.STARTING:
-                continue
-            if engine.state is EngineState.HEALTHY and previous in (None, EngineState.STARTING):
-                continue  # a start, not a recovery
-            self.events.append(f"volume.{engine.state.value}", volume=engine.volume, node=self.name,
-                               epoch=engine.epoch, members=list(engine.members))
-
-    def _engine_orders(self, keeper: EngineKeeper) -> dict[str, EngineOrder]:
-        """The engines this node must run: those of the volumes whose slots are placed here.
-
-        An engine is where a live node's document says it runs, or this node's own running ones.
-        A node that left (an agent stopped or restarting: its engines go on running) keeps its
-        engines for ENGINE_LEFT_GRACE before another node takes them over with a new epoch; a node
-        declared dead loses them at once."""
-        desired = self.desired.state
-        if desired is None or not desired.volumes:
-            return {}
-        members = self.node.members()
-        now = time.time()
-        away = {m.name for m in members if m.state is MemberState.LEFT and now - m.state_since < ENGINE_LEFT_GRACE}
-        nodes = [replace(n, alive=True, suspect=True) if n.name in away else n
-                 for n in node_views(members, self.documents)]
-        reported = {name: self.documents[name].replicas for name in self.documents}
-        # where each volume's engine runs: the highest epoch reported wins (a node whose engine
-        # was fenced by a newer one gives it up), then this node's own not yet reported
-        reports: dict[str, tuple[int, str]] = {}
-        for name in self.documents:
-            if not self.stale(name) or name in away:
-                for engine in self.documents[name].engines:
-                    reports[engine.volume] = max(reports.get(engine.volume, (-1, "")), (engine.epoch, name))
-        for own in keeper.running():
-            reports.setdefault(own, (0, self.name))
-        running = {volume_name: node for volume_name, (_, node) in reports.items()}
-        placed = engine_nodes(desired.services, nodes, replica_sites(reported), running)
-        plans = {p.volume: p for p in plan_volumes(desired.volumes, nodes, reported, down_since(members), now)}
-        orders = {}
-        for volume in desired.volumes:
-            plan = plans.get(volume.name)
-            if placed.get(volume.name) != self.name or plan is None:
-                continue
-            holders = sorted(plan.nodes, key=lambda n: (n != self.name, n))  # this node's replica first
-            addresses = tuple(a for n in holders if n in self.documents and (a := self.documents[n].replica_addr))
-            if addresses:
-                orders[volume.name] = EngineOrder(volume.name, volume.size, addresses, volume.replica_timeout)
-        return orders
 
     def _volumes_desired(self) -> bool:
         return bool(self.desired.state and self.desired.state.volumes)

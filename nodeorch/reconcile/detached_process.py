@@ -42,6 +42,20 @@ def read_record(record: Path) -> dict[str, Any] | None:
     return data if process_start_ticks(pid) == ticks else None
 
 
+STATUS_FRESH = 5.0
+"""A status file older than this (wall clock) is not trusted: its process stopped writing it."""
+
+
+def read_fresh_status(path: Path) -> dict[str, Any] | None:
+    """The JSON status a volume process rewrites every second, if it is readable and recent."""
+    try:
+        status: dict[str, Any] = json.loads(path.read_text())
+        fresh = time.time() - float(status["updated_at"]) <= STATUS_FRESH
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return status if fresh else None
+
+
 def _still(pid: int, ticks: object) -> bool:
     return process_start_ticks(pid) == ticks
 

@@ -11,37 +11,33 @@ first); one that exits is started again with backoff.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nodeorch.core.backoff import Backoff, BackoffPolicy
-from nodeorch.reconcile.detached_process import read_record, start_detached, terminate, terminate_async
+from nodeorch.reconcile.detached_process import (
+    read_fresh_status,
+    read_record,
+    start_detached,
+    terminate,
+    terminate_async,
+)
+from nodeorch.reconcile.volume_plan import EngineOrder
 from nodeorch.state.records import EngineRecord, EngineState
 
 log = logging.getLogger(__name__)
 
-STATUS_FRESH = 5.0
-"""A status file older than this (wall clock) is not trusted: its engine stopped writing it."""
 RESTART_BACKOFF = BackoffPolicy(initial=1.0, maximum=30.0)
 STOP_GRACE = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class EngineOrder:
-    """What an engine of this node must run with."""
-
-    volume: str
-    size: int
-    replicas: tuple[str, ...]
-    """HOST:PORT of each replica server, this node's first (reads prefer it)."""
-    replica_timeout: float = 8.0
+START_DELAY = 2.0
+"""A new engine starts only once its volume has been ordered here this long: nodes learn of a
+death at slightly different moments, and an engine started on a passing view only to be fenced
+by the right one interrupts I/O twice."""
 
 
 class EngineKeeper:
@@ -53,6 +49,7 @@ class EngineKeeper:
         self._clock = clock
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._backoff = Backoff(RESTART_BACKOFF)
+        self._ordered_since: dict[str, float] = {}
 
     def socket(self, volume: str) -> Path:
         return self.folder / f"{volume}.sock"
@@ -83,7 +80,8 @@ class EngineKeeper:
         return found
 
     async def reconcile(self, orders: Mapping[str, EngineOrder]) -> None:
-        """Start what is ordered and not running (or runs with other arguments), stop the rest."""
+        """Start what is ordered (for START_DELAY) and not running, or runs with other arguments;
+        stop the rest."""
         running = self.running()
         for volume, record in running.items():
             order = orders.get(volume)
@@ -93,8 +91,10 @@ class EngineKeeper:
                 await terminate_async(self._record(volume), STOP_GRACE, self._children.pop(volume, None))
                 running = {v: r for v, r in running.items() if v != volume}
         now = self._clock()
+        self._ordered_since = {v: self._ordered_since.get(v, now) for v in orders if v not in running}
         for volume, order in orders.items():
-            if volume in running or now < self._backoff.ready_at(volume):
+            if volume in running or now < self._backoff.ready_at(volume) \
+                    or now - self._ordered_since[volume] < START_DELAY:
                 continue
             argv = self.argv(order)
             try:
@@ -112,12 +112,12 @@ class EngineKeeper:
         each replica address."""
         records = []
         for volume in self.running():
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                status = json.loads(self._status(volume).read_text())
-                if time.time() - float(status["updated_at"]) <= STATUS_FRESH:
-                    self._backoff.succeeded(volume)
+            status = read_fresh_status(self._status(volume))
+            with contextlib.suppress(TypeError, ValueError, KeyError):
+                if status is not None:
                     members = tuple(node_of.get(a, a) for a in status["members"])
                     records.append(EngineRecord(volume, EngineState(status["state"]), int(status["epoch"]), members))
+                    self._backoff.succeeded(volume)
                     continue
             records.append(EngineRecord(volume, EngineState.STARTING))
         return tuple(records)

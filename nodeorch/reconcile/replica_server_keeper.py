@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import subprocess
 import sys
@@ -21,14 +20,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nodeorch.core.backoff import Backoff, BackoffPolicy
-from nodeorch.reconcile.detached_process import read_record, start_detached, terminate
+from nodeorch.reconcile.detached_process import read_fresh_status, read_record, start_detached, terminate
 from nodeorch.state.records import ReplicaMode, ReplicaRecord
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0
-STATUS_FRESH = 5.0
-"""A status file older than this (wall clock) is not trusted: its server stopped writing it."""
 RESTART_BACKOFF = BackoffPolicy(initial=1.0, maximum=30.0)
 STABLE_AFTER = 60.0
 """A server that ran this long has its restart backoff reset."""
@@ -104,12 +101,10 @@ class ReplicaServerKeeper:
 
     def _read_replicas(self) -> tuple[ReplicaRecord, ...]:
         """What the server's status file says it holds, while the server runs and writes it."""
-        if self.pid is None:
+        status = read_fresh_status(self.status_file) if self.pid is not None else None
+        if status is None:
             return ()
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            status = json.loads(self.status_file.read_text())
-            if time.time() - float(status["updated_at"]) > STATUS_FRESH:
-                return ()
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             return tuple(ReplicaRecord(
                 volume=str(r["volume"]), size=int(r["size"]), mode=ReplicaMode.DETACHED, epoch=int(r["epoch"]),
                 set_epoch=int(r.get("set_epoch", r["epoch"])), set_version=int(r["set_version"]),

@@ -3,13 +3,32 @@ every call like the services planner, so every node derives the same plan from t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
+from gossip import Member, MemberState
 from nodeorch.core.placement import NodeView, RunningInstance, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaPlan, ReplicaSite, VolumeShape, place_volumes
+from nodeorch.reconcile.cluster_view import down_since, node_views
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.spec.volume_spec import VolumeSpec, volume_for_slot
-from nodeorch.state.records import ReplicaMode, ReplicaRecord
+from nodeorch.state.node_document import NodeDocument
+from nodeorch.state.records import EngineRecord, EngineState, ReplicaMode, ReplicaRecord
+
+ENGINE_LEFT_GRACE = 30.0
+"""How long the engines of a node that left (its agent stopped; they go on running) stay its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOrder:
+    """What an engine of this node must run with."""
+
+    volume: str
+    size: int
+    replicas: tuple[str, ...]
+    """HOST:PORT of each replica server, this node's first (reads prefer it)."""
+    replica_timeout: float = 8.0
 
 
 def shape(volume: VolumeSpec) -> VolumeShape:
@@ -29,10 +48,6 @@ def replica_sites(reported: Mapping[str, Iterable[ReplicaRecord]]) -> list[Repli
             for node, r in records]
 
 
-def plan_volumes(volumes: Iterable[VolumeSpec], nodes: Iterable[NodeView],
-                 reported: Mapping[str, Iterable[ReplicaRecord]], down_since: Mapping[str, float],
-                 now: float) -> list[ReplicaPlan]:
-    return place_volumes((shape(v) for v in volumes), nodes, replica_sites(reported), down_since, now)
 
 
 def engine_nodes(services: Iterable[ServiceSpec], nodes: list[NodeView], sites: Iterable[ReplicaSite],
@@ -58,3 +73,74 @@ def engine_nodes(services: Iterable[ServiceSpec], nodes: list[NodeView], sites: 
             for mount in spec.volumes:
                 placed[volume_for_slot(mount, assignment.slot)] = assignment.node
     return placed
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeView:
+    """The cluster as volume decisions see it."""
+
+    nodes: list[NodeView]
+    """Members; a node that left within ENGINE_LEFT_GRACE counts as alive but suspect (it keeps
+    what it holds and takes nothing new)."""
+    reported: dict[str, tuple[ReplicaRecord, ...]]
+    engines: dict[str, str]
+    """volume -> the node its engine runs on: the highest epoch a counted node reports, then this
+    node's own engines not reported yet."""
+    plans: dict[str, ReplicaPlan]
+    addresses: dict[str, str]
+    """node -> HOST:PORT of its replica server."""
+
+
+def volume_view(volumes: Iterable[VolumeSpec], members: Collection[Member], documents: Mapping[str, NodeDocument],
+                me: str, own_engines: Iterable[str], now: float) -> VolumeView:
+    """`now`: unix time, as member snapshots give `state_since`. A node declared dead loses its
+    engines at once; one that left keeps them for ENGINE_LEFT_GRACE."""
+    states = {m.name: m for m in members}
+    away = {m.name for m in members if m.state is MemberState.LEFT and now - m.state_since < ENGINE_LEFT_GRACE}
+    counted = {name for name, m in states.items() if m.state in (MemberState.ALIVE, MemberState.SUSPECT)} | away
+    nodes = [replace(n, alive=True, suspect=True) if n.name in away else n for n in node_views(members, documents)]
+    reported = {name: document.replicas for name, document in documents.items()}
+    reports: dict[str, tuple[int, str]] = {}
+    for name, document in documents.items():
+        if name in counted:
+            for engine in document.engines:
+                reports[engine.volume] = max(reports.get(engine.volume, (-1, "")), (engine.epoch, name))
+    for volume in own_engines:
+        reports.setdefault(volume, (0, me))
+    plans = place_volumes((shape(v) for v in volumes), nodes, replica_sites(reported), down_since(members), now)
+    return VolumeView(nodes, reported, {volume: node for volume, (_, node) in reports.items()},
+                      {p.volume: p for p in plans},
+                      {name: d.replica_addr for name, d in documents.items() if d.replica_addr})
+
+
+def engine_orders(view: VolumeView, volumes: Iterable[VolumeSpec], services: Iterable[ServiceSpec],
+                  me: str) -> dict[str, EngineOrder]:
+    """The engines `me` must run: those of the volumes whose slots are placed on it, on the
+    replica servers of each volume's placement, its own first."""
+    placed = engine_nodes(services, view.nodes, replica_sites(view.reported), view.engines)
+    orders = {}
+    for volume in volumes:
+        plan = view.plans.get(volume.name)
+        if placed.get(volume.name) != me or plan is None:
+            continue
+        holders = sorted(plan.nodes, key=lambda n: (n != me, n))
+        addresses = tuple(view.addresses[n] for n in holders if n in view.addresses)
+        if addresses:
+            orders[volume.name] = EngineOrder(volume.name, volume.size, addresses, volume.replica_timeout)
+    return orders
+
+
+def engine_events(before: Iterable[EngineRecord], after: Iterable[EngineRecord]) -> list[tuple[str, dict[str, Any]]]:
+    """volume.degraded, volume.faulted and volume.healthy (again, after either) between two
+    reports of this node's engines; a start is not an event."""
+    was = {e.volume: e.state for e in before}
+    events = []
+    for engine in after:
+        previous = was.get(engine.volume)
+        if engine.state == previous or engine.state is EngineState.STARTING:
+            continue
+        if engine.state is EngineState.HEALTHY and previous in (None, EngineState.STARTING):
+            continue
+        events.append((f"volume.{engine.state.value}", {"volume": engine.volume, "epoch": engine.epoch,
+                                                        "members": list(engine.members)}))
+    return events

@@ -8,11 +8,13 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gossip import Member, MemberState
 from nodeorch.core.placement import NodeView, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaSite, VolumeShape, place_replicas, place_volumes
-from nodeorch.reconcile.volume_plan import engine_nodes, replica_sites
+from nodeorch.reconcile.volume_plan import engine_events, engine_nodes, replica_sites, volume_view
 from nodeorch.spec.desired import parse_desired
-from nodeorch.state.records import ReplicaMode, ReplicaRecord
+from nodeorch.state.node_document import NodeDocument
+from nodeorch.state.records import EngineRecord, EngineState, ReplicaMode, ReplicaRecord
 
 DB = VolumeShape("db", replicas=3, replenish_wait=600.0)
 
@@ -136,3 +138,38 @@ def test_the_engine_of_a_slot_goes_where_its_healthy_replicas_are_and_stays_wher
     assert engine_nodes(spec, view, sites, {"db-0": "a"})["db-0"] == "a", "a running engine stays"
     gone = [NodeView("a", alive=False), *(n for n in view if n.name != "a")]
     assert engine_nodes(spec, gone, sites, {"db-0": "a"})["db-0"] == "c", "a dead node's engine moves"
+
+
+def member(name: str, state: MemberState, since: float = 0.0) -> Member:
+    return Member(name, ("127.0.0.1", 1), b"", 1, state, since)
+
+
+def test_an_engine_is_where_the_highest_epoch_says_and_a_left_node_keeps_its_own_a_while() -> None:
+    db = parse_desired(b'revision = 1\n[[volume]]\nname = "db"\nsize = "1GiB"\n').volumes
+
+    def engine(epoch: int) -> tuple[EngineRecord, ...]:
+        return (EngineRecord("db", EngineState.HEALTHY, epoch),)
+
+    documents = {"a": NodeDocument("a", 1, "x", engines=engine(3), replica_addr="10.0.0.1:7948"),
+                 "b": NodeDocument("b", 1, "x", engines=engine(2)), "c": NodeDocument("c", 1, "x")}
+    alive = [member(n, MemberState.ALIVE) for n in "abc"]
+    assert volume_view(db, alive, documents, "c", (), now=100.0).engines == {"db": "a"}, "the newer engine"
+    assert volume_view(db, alive, documents, "c", ("x",), now=100.0).engines["x"] == "c", "its own, unreported"
+    left = [member("a", MemberState.LEFT, 90.0), member("b", MemberState.ALIVE), member("c", MemberState.ALIVE)]
+    assert volume_view(db, left, documents, "c", (), now=100.0).engines == {"db": "a"}, "an agent restarting"
+    assert volume_view(db, left, documents, "c", (), now=121.0).engines == {"db": "b"}, "gone past the grace"
+    dead = [member("a", MemberState.DEAD, 99.0), member("b", MemberState.ALIVE), member("c", MemberState.ALIVE)]
+    assert volume_view(db, dead, documents, "c", (), now=100.0).engines == {"db": "b"}, "dead: at once"
+    assert volume_view(db, alive, documents, "c", (), now=100.0).addresses == {"a": "10.0.0.1:7948"}
+
+
+def test_engine_events_name_degradation_faults_and_recovery_but_not_starts() -> None:
+    def report(state: EngineState) -> tuple[EngineRecord, ...]:
+        return (EngineRecord("db", state, 4, ("a", "b")),)
+
+    assert engine_events((), report(EngineState.HEALTHY)) == []
+    assert engine_events(report(EngineState.STARTING), report(EngineState.HEALTHY)) == []
+    assert [k for k, _ in engine_events(report(EngineState.HEALTHY), report(EngineState.DEGRADED))] == [
+        "volume.degraded"]
+    kind, fields = engine_events(report(EngineState.FAULTED), report(EngineState.HEALTHY))[0]
+    assert kind == "volume.healthy" and fields == {"volume": "db", "epoch": 4, "members": ["a", "b"]}
