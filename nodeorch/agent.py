@@ -15,10 +15,11 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
+from drivers.containers import InstanceSpec
 from drivers.containers.docker import DockerDriver
 from drivers.containers.process import ProcessDriver
 from gossip import (
@@ -43,13 +44,12 @@ from nodeorch.reconcile.engine_keeper import EngineKeeper
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.replica_server_keeper import ReplicaServerKeeper
 from nodeorch.reconcile.service_runner import ServiceRunner
-from nodeorch.reconcile.volume_plan import VolumeView, engine_events, engine_orders, volume_view
-from nodeorch.spec.desired import DesiredStatus
+from nodeorch.reconcile.volume_keeper import VolumeKeeper, volume_attacher
+from nodeorch.spec.desired import DesiredState, DesiredStatus
 from nodeorch.spec.desired_watcher import DesiredWatcher
 from nodeorch.spec.node_config import NodeConfig, is_loopback
 from nodeorch.spec.secret_files import KeyringFileError, load_keyring, load_token
 from nodeorch.spec.service_spec import ServiceSpec
-from nodeorch.spec.volume_spec import held_reason
 from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 
 LEAVE_TIMEOUT = 5.0
 MAX_META = 512
-ENGINE_INTERVAL = 1.0
-"""How often the engines of this node are checked against where volumes are placed."""
 JOIN_RETRY = BackoffPolicy(initial=0.5, maximum=15.0)
 
 
@@ -92,6 +90,7 @@ class Agent:
         self._publisher: DocumentPublisher | None = None
         self.jobs = JobTable()
         self._runner: ServiceRunner | None = None
+        self._volumes: VolumeKeeper | None = None
 
     # Views for the status endpoint -------------------------------------------------------------------
 
@@ -193,12 +192,13 @@ class Agent:
                 "process": ProcessDriver(config.node.data_dir, self.name, host),
                 "docker": DockerDriver(self.name, host),
             }, expect=config.cluster.expect, expect_timeout=config.cluster.expect_timeout)
-            self._publisher = DocumentPublisher(self._first_document(), self.documents, self.events,
-                                                self.node.set_app_state)
             keyring_file = None if keyring is None else config.cluster.keyring
             replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
                                                  keyring_file)
             engines = EngineKeeper(config.node.data_dir, config.cluster.name, keyring_file)
+            self._volumes = VolumeKeeper(self, engines, *volume_attacher(config.node.data_dir / "volumes"))
+            self._publisher = DocumentPublisher(self._first_document(), self.documents, self.events,
+                                                self.node.set_app_state)
             # The engines still running from before a restart go into the first document, so no
             # other node takes their volumes for unserved while this agent was away.
             await self.publish(instances=await self._runner.adopt(), engines=engines.records({}))
@@ -214,7 +214,7 @@ class Agent:
                     tasks.create_task(self._desired.watch(self._desired_changed)),
                     tasks.create_task(self._runner.run()),
                     tasks.create_task(replica_server.run(self._volumes_desired, self._publish_replicas)),
-                    tasks.create_task(self._keep_engines(engines)),
+                    tasks.create_task(self._volumes.run()),
                 ]
                 if not joined:
                     workers.append(tasks.create_task(self._keep_joining()))
@@ -274,7 +274,8 @@ class Agent:
             host = self.node.local_addr[0]
         return NodeDocument(name=self.name, version=0, boot_id=self.boot_id, agent_version=__version__,
                             labels=dict(self.config.node.labels), api=self.config.api.listen,
-                            replica_addr=f"{host}:{port}")
+                            replica_addr=f"{host}:{port}",
+                            attach_error=self._volumes.attach_error if self._volumes else "")
 
     async def publish(self, **sections: Any) -> None:
         """Gossip this node's document with its current header and the given sections."""
@@ -295,16 +296,30 @@ class Agent:
     def volume_plans(self) -> list[ReplicaPlan]:
         """Where every desired volume's replicas belong, as this node computes it now (a dead
         node's replicas are known from its last document)."""
-        return list(self._volume_view(()).plans.values())
-
-    def _volume_view(self, own_engines: Iterable[str]) -> VolumeView:
-        volumes = self.desired.state.volumes if self.desired.state else ()
-        return volume_view(volumes, self.node.members(), self.documents, self.name, own_engines, time.time())
+        return self._volumes.plans() if self._volumes else []
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
-        """The services to place: all but those held (see `held_reason`)."""
-        services = self.desired.state.services if self.desired.state else ()
-        return tuple(s for s in services if not held_reason(s))
+        return self.desired.state.services if self.desired.state else ()
+
+    def desired_state(self) -> DesiredState | None:
+        return self.desired.state
+
+    def volume_slots(self) -> Mapping[str, str]:
+        return self._volumes.volume_slots() if self._volumes else {}
+
+    async def attach_volumes(self, spec: InstanceSpec) -> InstanceSpec:
+        if self._volumes is None:
+            raise RuntimeError("the agent is not running")
+        return await self._volumes.attach_volumes(spec)
+
+    def settled(self) -> bool:
+        return self._runner is not None and self._runner.settled
+
+    def local_slots(self) -> set[str]:
+        return self._runner.local_slots() if self._runner else set()
+
+    async def publish_engines(self, records: tuple[EngineRecord, ...]) -> None:
+        await self.publish(engines=records)
 
     def address_of(self, name: str) -> str | None:
         member = self.node.member(name)
@@ -314,24 +329,6 @@ class Agent:
         self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None:
         await self.publish(instances=records, health=health)
-
-    async def _keep_engines(self, keeper: EngineKeeper) -> None:
-        """Every second, once start-up settled: run the engines placed on this node, stop the
-        others, and publish what they report."""
-        published: tuple[EngineRecord, ...] = ()
-        while True:
-            await asyncio.sleep(ENGINE_INTERVAL)
-            desired = self.desired.state
-            if self._runner is None or not self._runner.settled or desired is None:
-                continue
-            view = self._volume_view(keeper.running())
-            await keeper.reconcile(engine_orders(view, desired.volumes, desired.services, self.name))
-            records = keeper.records({address: node for node, address in view.addresses.items()})
-            if records != published:
-                for kind, fields in engine_events(published, records):
-                    self.events.append(kind, node=self.name, **fields)
-                published = records
-                await self.publish(engines=records)
 
     def _volumes_desired(self) -> bool:
         return bool(self.desired.state and self.desired.state.volumes)

@@ -148,8 +148,9 @@ class FuseLoopAttacher:
                                volume=volume, ok=(0, 2))
         if not kind:
             log.info("volume %s: first use: making an ext4 filesystem on %s", volume, device)
-            await self._run("mkfs.ext4", "-q", "-F", "-L", volume[:16], device, step="making the filesystem",
-                            volume=volume)
+            # inode tables and journal written now: no background init writes after the mount
+            await self._run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                            "-L", volume[:16], device, step="making the filesystem", volume=volume)
         elif kind != "ext4":
             raise AttachError(f"volume {volume}: holds a {kind} filesystem; nodeorch mounts ext4 only")
         else:

@@ -7,6 +7,7 @@ from drivers.containers._types import (
     InstanceSpec,
     InstanceState,
     InstanceStatus,
+    VolumeBinding,
 )
 
-__all__ = ["ContainerDriver", "DriverError", "InstanceSpec", "InstanceState", "InstanceStatus"]
+__all__ = ["ContainerDriver", "DriverError", "InstanceSpec", "InstanceState", "InstanceStatus", "VolumeBinding"]

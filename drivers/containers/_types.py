@@ -25,6 +25,16 @@ class InstanceState(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class VolumeBinding:
+    """An attached volume an instance uses: mounted at `source` on the host; a container sees it
+    at `target`; `variable` names it in the instance's environment (and argv, as ${VARIABLE})."""
+
+    variable: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceSpec:
     service: str
     slot: str
@@ -35,6 +45,7 @@ class InstanceSpec:
     image: str = ""
     ports: tuple[int, ...] = ()
     driver: str = "process"
+    volumes: tuple[VolumeBinding, ...] = ()
 
     @property
     def key(self) -> str:

@@ -171,12 +171,14 @@ class DockerDriver:
                     raise DriverError(f"{spec.key} already runs here (container {old.id[:12]})", transient=False)
                 old.remove(force=True)
             env = {**spec.env, "NODEORCH_SERVICE": spec.service, "NODEORCH_SLOT": spec.slot,
-                   "NODEORCH_NODE": self._node, "NODEORCH_NODE_ADDR": self._node_addr}
+                   "NODEORCH_NODE": self._node, "NODEORCH_NODE_ADDR": self._node_addr,
+                   **{volume.variable: volume.target for volume in spec.volumes}}
+            binds = {volume.source: {"bind": volume.target, "mode": "rw"} for volume in spec.volumes}
             labels = {f"{LABEL}.service": spec.service, f"{LABEL}.slot": spec.slot, f"{LABEL}.node": self._node,
                       f"{LABEL}.digest": spec.digest, f"{LABEL}.started": f"{time.time():.3f}"}
             client.images.get(spec.image)  # never pulled: an absent image is an error here
             container = client.containers.create(spec.image, list(spec.command) or None, name=name, labels=labels,
-                                                 environment=env, network_mode="host")
+                                                 environment=env, network_mode="host", volumes=binds)
             container.start()
             container.reload()
             return container.attrs

@@ -16,6 +16,8 @@ class MemoryDriver:
         self._instances: dict[str, InstanceStatus] = {}
         self._refs = itertools.count(1000)
         self.started: list[str] = []
+        self.specs: dict[str, InstanceSpec] = {}
+        """The spec each slot was last started with."""
 
     async def start(self, spec: InstanceSpec) -> InstanceStatus:
         if not spec.command:
@@ -27,6 +29,7 @@ class MemoryDriver:
                                 time.time())
         self._instances[spec.key] = status
         self.started.append(spec.key)
+        self.specs[spec.key] = spec
         return status
 
     async def stop(self, service: str, slot: str, grace: float) -> None:

@@ -1,7 +1,8 @@
 """The process driver: service instances as supervised local processes (needs nothing installed).
 
 Each instance runs its argv in its own process group and session, with its env plus
-NODEORCH_SERVICE, NODEORCH_SLOT, NODEORCH_NODE and NODEORCH_NODE_ADDR (argv may refer to any of
+NODEORCH_SERVICE, NODEORCH_SLOT, NODEORCH_NODE, NODEORCH_NODE_ADDR and NODEORCH_VOLUME_<NAME> for
+each attached volume (argv may refer to any of
 them as ${NAME}, e.g. to bind the node's address), output appended to
 data_dir/logs/<service>-<slot>.log. A pid file (data_dir/run/<service>-<slot>.json) records the
 pid and the process start time from /proc, so a restarted agent adopts the running process instead
@@ -61,6 +62,7 @@ class ProcessDriver:
         env.update(spec.env)
         env.update(NODEORCH_SERVICE=spec.service, NODEORCH_SLOT=spec.slot, NODEORCH_NODE=self._node,
                    NODEORCH_NODE_ADDR=self._node_addr)
+        env.update({volume.variable: volume.source for volume in spec.volumes})
         with (self._logs / f"{spec.service}-{spec.slot}.log").open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {spec.key}: {list(spec.command)}\n".encode())
             log.flush()

@@ -1,10 +1,13 @@
 """The volume processes: `python -m drivers.volumes replica ...` and `... engine ...`.
 
     replica --dir DIR --listen HOST:PORT [--keyring FILE | --insecure] [--cluster NAME] [--status-file F]
-    engine --volume NAME --size SIZE --replica HOST:PORT [--replica ...] --listen unix:PATH|HOST:PORT
-           [--listen ...] [--keyring FILE | --insecure] [--cluster NAME] [--replica-timeout 8s]
-           [--status-file F] [--rebuild-rate 200MiB]
+    engine --volume NAME --size SIZE (--replica HOST:PORT [--replica ...] | --replicas-file F)
+           --listen unix:PATH|HOST:PORT [--listen ...] [--keyring FILE | --insecure] [--cluster NAME]
+           [--replica-timeout 8s] [--status-file F] [--rebuild-rate 200MiB]
     salvage --volume NAME --size SIZE --replica HOST:PORT [...] --from HOST:PORT [--keyring FILE | --insecure]
+
+With --replicas-file (one HOST:PORT per line), SIGHUP makes a running engine read it again and
+serve on the new list without stopping: new replicas are rebuilt online, dropped ones ejected.
 
 `salvage` is the only way past a lost majority: it takes the replica named by --from as the truth
 and copies it onto every other reachable replica, after which the engine starts as usual.
@@ -74,9 +77,27 @@ async def run_replica(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replica_list(args: argparse.Namespace) -> list[str]:
+    if bool(args.replica) == bool(args.replicas_file):
+        raise VolumeError("give either --replica (once per replica) or --replicas-file")
+    if args.replica:
+        return list(args.replica)
+    return [line.strip() for line in Path(args.replicas_file).read_text().splitlines() if line.strip()]
+
+
+def _reload_replicas(engine: Engine, args: argparse.Namespace) -> None:
+    """SIGHUP: serve on the list in --replicas-file now; a bad file is reported and changes nothing."""
+    try:
+        engine.reconfigure(_replica_list(args))
+    except (OSError, VolumeError) as error:
+        log.error("%s: replicas not changed: %s", args.volume, getattr(error, "strerror", None) or error)
+
+
 async def run_engine(args: argparse.Namespace) -> int:
-    engine = Engine(args.volume, parse_size(args.size), args.replica, _secrets(args),
+    engine = Engine(args.volume, parse_size(args.size), _replica_list(args), _secrets(args),
                     parse_seconds(args.replica_timeout), parse_size(args.rebuild_rate))
+    if args.replicas_file:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_replicas, engine, args)
     try:
         await engine.start()
     except NoQuorum as error:
@@ -124,8 +145,10 @@ def parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("--volume", required=True)
             c.add_argument("--size", required=True, help="e.g. 512MiB, 2GiB")
-            c.add_argument("--replica", action="append", required=True, help="HOST:PORT, once per replica")
+            c.add_argument("--replica", action="append", required=name == "salvage",
+                           help="HOST:PORT, once per replica")
         if name == "engine":
+            c.add_argument("--replicas-file", help="one HOST:PORT per line, read again on SIGHUP")
             c.add_argument("--listen", action="append", required=True, help="unix:PATH or HOST:PORT")
             c.add_argument("--replica-timeout", default="8s")
             c.add_argument("--rebuild-rate", default="200MiB", help="bytes per second a rebuild may send")

@@ -582,6 +582,34 @@ class Engine:
 
     # Repair -----------------------------------------------------------------------------------------
 
+    def reconfigure(self, replicas: list[str]) -> None:
+        """Serve on another list of replica servers without stopping (a lost replica replaced by a
+        new one): added ones are rebuilt by the repair loop and join the member set when whole;
+        members no longer listed are ejected (the member-set version is raised on the rest), and
+        rebuilds of the others stop. The majority is counted on the new list from now on."""
+        if not replicas or len(set(replicas)) != len(replicas):
+            raise VolumeError("the new replica list must name at least one replica, each once")
+        new = tuple(replicas)
+        removed = [a for a in self.status.configured if a not in new]
+        if new == self.status.configured:
+            return
+        log.info("%s: replicas now %s (%s no longer)", self.status.volume, ", ".join(new),
+                 ", ".join(removed) or "none")
+        self.status.configured = new
+        self._need = majority(len(new))
+        for address in removed:
+            self._missed.pop(address, None)
+            rebuild = self._rebuilds.pop(address, None)
+            if rebuild is not None:
+                rebuild.cancel()
+            if address in self.members:
+                self._begin_eject(address, "no longer one of the volume's replicas")
+            else:
+                self._write_only.discard(address)
+                client = self._clients.pop(address, None)
+                if client is not None:
+                    client.close("no longer one of the volume's replicas")
+
     async def _repair_loop(self) -> None:
         """Replicas outside the member set are tried again; one that answers is rebuilt online."""
         while not self.status.fault:

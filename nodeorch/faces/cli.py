@@ -102,8 +102,8 @@ def show_services(data: list[dict[str, Any]]) -> str:
     rows = []
     for service in data:
         running = sum(1 for i in service["instances"] if i["state"] == "running")
-        held = service.get("held", "")
-        rows.append((service["name"], f"{running}/{service['desired']}", "", "", "held" if held else "", held))
+        waiting = service.get("waiting", "")
+        rows.append((service["name"], f"{running}/{service['desired']}", "", "", "waiting" if waiting else "", waiting))
         for i in service["instances"]:
             rows.append(("", "", i["slot"], i["node"], i["state"], i["health"]))
     return table(rows, ["SERVICE", "RUNNING", "SLOT", "NODE", "STATE", "HEALTH"])

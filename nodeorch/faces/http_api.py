@@ -25,7 +25,6 @@ from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
 from nodeorch.faces.volume_status import volumes_json
 from nodeorch.spec.node_config import DEFAULT_API_PORT
-from nodeorch.spec.volume_spec import held_reason
 from nodeorch.state.node_document import decode_labels
 
 log = logging.getLogger(__name__)
@@ -118,11 +117,12 @@ def services_json(agent: AgentView) -> list[dict[str, Any]]:
     for spec in agent.desired_services():
         desired = sum(1 for a in agent.placement() if a.service == spec.name)
         instances = sorted(reported.pop(spec.name, []), key=lambda i: (str(i["slot"]), i["node"]))
-        out.append({"name": spec.name, "desired": desired, "instances": instances})
-    for spec in agent.desired.state.services if agent.desired.state else ():
-        reason = held_reason(spec)
-        if reason:
-            out.append({"name": spec.name, "desired": 0, "instances": reported.pop(spec.name, []), "held": reason})
+        entry: dict[str, Any] = {"name": spec.name, "desired": desired, "instances": instances}
+        if spec.volumes and desired < spec.scale:
+            names = ", ".join(sorted({m.volume for m in spec.volumes}))
+            entry["waiting"] = (f"{spec.scale - desired} of {spec.scale} slots wait for volume {names}: its replicas "
+                                "are being placed, or no eligible node can attach volumes")
+        out.append(entry)
     for name, instances in sorted(reported.items()):  # still running, no longer desired
         out.append({"name": name, "desired": 0, "instances": instances})
     return out

@@ -3,22 +3,27 @@
 An engine is a process of its own (`python -m drivers.volumes engine`), in a session of its own,
 serving its volume over NBD on a Unix socket under `data_dir/volumes/engines`: like the replica
 server it outlives the agent (I/O goes on while the agent restarts) and a restarted agent adopts
-it (see detached_process). An engine whose arguments change (its replicas moved) is stopped and
-started again with the new ones; one no longer placed here is stopped with SIGTERM (it flushes
-first); one that exits is started again with backoff.
+it (see detached_process). Its replica servers are listed in a file beside it: when they change
+(a lost replica replaced), the file is rewritten and the engine told with SIGHUP, and it goes on
+serving (an attached filesystem never notices). An engine whose other arguments change is stopped
+and started again; one no longer placed here is stopped with SIGTERM (it flushes first), unless
+its volume is still attached here; one that exits is started again with backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from drivers.attach.fuse_loop import release_all
 from nodeorch.core.backoff import Backoff, BackoffPolicy
 from nodeorch.reconcile.detached_process import (
     read_fresh_status,
@@ -60,10 +65,26 @@ class EngineKeeper:
     def _status(self, volume: str) -> Path:
         return self.folder / f"{volume}.status"
 
+    def _replicas(self, volume: str) -> Path:
+        return self.folder / f"{volume}.replicas"
+
+    def _write_replicas(self, order: EngineOrder) -> bool:
+        """Write the order's replica list beside the engine; True if it changed."""
+        path = self._replicas(order.volume)
+        text = "".join(f"{address}\n" for address in order.replicas)
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return False
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = path.with_suffix(".tmp")
+        temp.write_text(text)
+        temp.replace(path)
+        return True
+
     def argv(self, order: EngineOrder) -> list[str]:
         secret = ["--keyring", str(self._keyring)] if self._keyring is not None else ["--insecure"]
         return [sys.executable, "-m", "drivers.volumes", "engine", "--volume", order.volume, "--size", str(order.size),
-                *[arg for address in order.replicas for arg in ("--replica", address)], "--cluster", self._cluster,
+                "--replicas-file", str(self._replicas(order.volume)), "--cluster", self._cluster,
                 *secret, "--listen", f"unix:{self.socket(order.volume)}", "--status-file",
                 str(self._status(order.volume)), "--replica-timeout", f"{order.replica_timeout:g}s"]
 
@@ -79,17 +100,26 @@ class EngineKeeper:
                 found[path.stem] = record
         return found
 
-    async def reconcile(self, orders: Mapping[str, EngineOrder]) -> None:
+    async def reconcile(self, orders: Mapping[str, EngineOrder], attached: Collection[str] = ()) -> None:
         """Start what is ordered (for START_DELAY) and not running, or runs with other arguments;
-        stop the rest."""
+        hand new replica lists to running engines; stop the rest, but for the `attached` volumes:
+        their filesystem is unmounted first."""
         running = self.running()
         for volume, record in running.items():
             order = orders.get(volume)
-            if order is None or record.get("argv") != self.argv(order):
-                log.info("engine of %s: %s", volume, "no longer placed here" if order is None
-                         else "its replicas changed; starting it again")
-                await terminate_async(self._record(volume), STOP_GRACE, self._children.pop(volume, None))
-                running = {v: r for v, r in running.items() if v != volume}
+            if order is None and volume in attached:
+                continue
+            if order is not None and record.get("argv") == self.argv(order):
+                # told only once it serves (its SIGHUP handler is in place); until then it reads the file
+                if read_fresh_status(self._status(volume)) is not None and self._write_replicas(order):
+                    log.info("engine of %s: replicas now %s", volume, ", ".join(order.replicas))
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(record["pid"]), signal.SIGHUP)
+                continue
+            log.info("engine of %s: %s", volume, "no longer placed here" if order is None
+                     else "its arguments changed; starting it again")
+            await terminate_async(self._record(volume), STOP_GRACE, self._children.pop(volume, None))
+            running = {v: r for v, r in running.items() if v != volume}
         now = self._clock()
         self._ordered_since = {v: self._ordered_since.get(v, now) for v in orders if v not in running}
         for volume, order in orders.items():
@@ -98,6 +128,7 @@ class EngineKeeper:
                 continue
             argv = self.argv(order)
             try:
+                self._write_replicas(order)
                 self._children[volume] = start_detached(argv, self.folder / f"{volume}.log", self._record(volume))
             except OSError as error:
                 log.error("engine of %s: cannot start: %s", volume, error.strerror)
@@ -106,6 +137,12 @@ class EngineKeeper:
             # counted as a failure until its status shows it serving: an engine that exits at once
             # (no majority reachable yet) is started again later, not in a loop
             self._backoff.failed(volume, now)
+
+    def serving(self, volume: str) -> bool:
+        """Whether the engine of `volume` runs here and serves (healthy or degraded), by its status."""
+        status = read_fresh_status(self._status(volume))
+        return status is not None and status.get("state") in (EngineState.HEALTHY.value, EngineState.DEGRADED.value) \
+            and volume in self.running()
 
     def records(self, node_of: Mapping[str, str]) -> tuple[EngineRecord, ...]:
         """What each running engine's status file says, while fresh; `node_of` names the node of
@@ -124,7 +161,9 @@ class EngineKeeper:
 
 
 def stop_engines(data_dir: Path, grace: float = 5.0) -> None:
-    """Stop every engine an agent with this data dir runs (for `nodeorch dev` and tests)."""
+    """Stop every engine an agent with this data dir runs, after releasing what it attached (for
+    `nodeorch dev` and tests; the instances using them are stopped first)."""
+    release_all(data_dir / "volumes")
     keeper = EngineKeeper(data_dir, "", None)
     for volume in keeper.running():
         terminate(keeper._record(volume), grace)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from drivers.containers import InstanceSpec, InstanceState, InstanceStatus
 from nodeorch.core.backoff import Backoff, BackoffPolicy
-from nodeorch.core.placement import NodeView, RunningInstance, ServiceShape, place_services
+from nodeorch.core.placement import Assignment, NodeView, RunningInstance, ServiceShape, place_services
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.records import HealthStatus, InstancePhase, InstanceRecord
 
@@ -86,6 +86,19 @@ def held_instances(
     return held
 
 
+def placed_slots(specs: Iterable[ServiceSpec], nodes: Iterable[NodeView], running: list[RunningInstance],
+                 volume_slots: Mapping[str, str]) -> list[Assignment]:
+    """The cluster's placement: services without volumes by the placement rules, the slots of
+    services with volumes where `volume_slots` puts them (a slot not there is placed nowhere yet)."""
+    specs = list(specs)
+    placement = place_services((shape(s) for s in specs if not s.volumes), list(nodes), running)
+    for spec in specs:
+        if spec.volumes:
+            placement += [Assignment(spec.name, str(slot), node) for slot in range(spec.scale)
+                          if (node := volume_slots.get(f"{spec.name}/{slot}")) is not None]
+    return placement
+
+
 def plan_services(
     now: float,
     me: str,
@@ -95,14 +108,17 @@ def plan_services(
     local: Iterable[InstanceStatus],
     memory: ServiceMemory,
     unhealthy: Iterable[str] = (),
+    volume_slots: Mapping[str, str] | None = None,
 ) -> list[Decision]:
     """Decisions for this node. `reported`: node name -> instance records from its document;
-    `unhealthy`: keys of this node's instances that every live observer judged unhealthy."""
+    `unhealthy`: keys of this node's instances that every live observer judged unhealthy;
+    `volume_slots`: "service/slot" -> node for the services that use volumes, placed where their
+    engines go (see volume_plan.volume_slots); such a slot moves stop-first."""
     unhealthy = set(unhealthy)
     by_name = {s.name: s for s in specs}
     held = {i.key: i for i in local}
     running = held_instances(me, reported, held.values())
-    placement = place_services((shape(s) for s in by_name.values()), nodes, running)
+    placement = placed_slots(by_name.values(), nodes, running, volume_slots or {})
     mine = {f"{a.service}/{a.slot}": a for a in placement if a.node == me}
     owners = {f"{a.service}/{a.slot}": a.node for a in placement}
     # A handover completes when the new owner runs the instance, and, for a service with a health
@@ -149,6 +165,10 @@ def plan_services(
             memory.handover_since.pop(key, None)
             decisions.append(Stop(instance.service, instance.slot, grace,
                                   "no longer desired" if declared is None or owner is None else "exited"))
+            continue
+        if declared.volumes:
+            # Stop-first: its volume is unmounted here before the new owner's engine may start.
+            decisions.append(Stop(instance.service, instance.slot, grace, f"moved to {owner} with its volume"))
             continue
         since = memory.handover_since.setdefault(key, now)
         if (owner, key) in running_elsewhere:

@@ -14,9 +14,9 @@ from collections.abc import Callable, Collection, Container, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from drivers.containers import ContainerDriver, DriverError, InstanceState, InstanceStatus
+from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState, InstanceStatus
 from gossip import Member, MemberState
-from nodeorch.core.placement import Assignment, NodeView, place_services
+from nodeorch.core.placement import Assignment, NodeView
 from nodeorch.reconcile.cluster_view import node_views
 from nodeorch.reconcile.health_watch import HealthWatcher, Watched, instance_health, to_recreate
 from nodeorch.reconcile.job_table import Job, JobTable
@@ -28,8 +28,8 @@ from nodeorch.reconcile.service_plan import (
     Stop,
     held_instances,
     instance_records,
+    placed_slots,
     plan_services,
-    shape,
 )
 from nodeorch.reconcile.work_queue import WorkQueue
 from nodeorch.spec.service_spec import ServiceSpec
@@ -91,6 +91,12 @@ class ServiceHost(Protocol):
     async def publish_instances(
         self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None: ...
+
+    def volume_slots(self) -> Mapping[str, str]:
+        """"service/slot" -> node for the services that use volumes (they go where their engines go)."""
+
+    async def attach_volumes(self, spec: InstanceSpec) -> InstanceSpec:
+        """The instance's volumes attached here, as bindings in the spec; DriverError if not yet."""
 
 
 class ServiceRunner:
@@ -154,7 +160,11 @@ class ServiceRunner:
     def placement(self) -> list[Assignment]:
         reported = {**self._reported(), self._host.name: self._published[0] if self._published else ()}
         held = held_instances("", reported, ())
-        return place_services((shape(s) for s in self._host.desired_services()), self._nodes(), held)
+        return placed_slots(self._host.desired_services(), self._nodes(), held, self._host.volume_slots())
+
+    def local_slots(self) -> set[str]:
+        """"service/slot" of every instance this node holds (running or not), as last published."""
+        return {r.key for r in self._published[0]} if self._published else set()
 
     def _reported(self) -> dict[str, tuple[InstanceRecord, ...]]:
         return {
@@ -210,7 +220,7 @@ class ServiceRunner:
         self._settled = True
         recreate = self._watch_health(reported, local)
         decisions = plan_services(now, self._host.name, self._specs(), self._nodes(), reported, local, self._memory,
-                                  recreate)
+                                  recreate, self._host.volume_slots())
         for decision in decisions:
             self._submit(decision)
         await self._publish(local)
@@ -295,14 +305,18 @@ class ServiceRunner:
         match decision:
             case Start(spec):
                 driver = self._drivers[spec.driver]
-                return "start", spec.key, lambda: driver.start(spec)
+
+                async def start() -> None:
+                    await driver.start(await self._host.attach_volumes(spec))
+
+                return "start", spec.key, start
             case Replace(spec, grace):
                 old = self._drivers[self._holder.get(spec.key, spec.driver)]
                 new = self._drivers[spec.driver]
 
                 async def replace() -> None:
                     await old.stop(spec.service, spec.slot, grace)
-                    await new.start(spec)
+                    await new.start(await self._host.attach_volumes(spec))
 
                 return "replace", spec.key, replace
             case Stop(service, slot, grace, reason):

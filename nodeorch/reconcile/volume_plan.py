@@ -50,11 +50,12 @@ def replica_sites(reported: Mapping[str, Iterable[ReplicaRecord]]) -> list[Repli
 
 
 
-def engine_nodes(services: Iterable[ServiceSpec], nodes: list[NodeView], sites: Iterable[ReplicaSite],
+def volume_slots(services: Iterable[ServiceSpec], nodes: list[NodeView], sites: Iterable[ReplicaSite],
                  engines: Mapping[str, str]) -> dict[str, str]:
-    """volume -> the node that runs its engine: where the slot that uses it is placed, which is a
-    node holding a healthy replica of every volume of the slot when one is eligible (data
-    locality); `engines`: the node each volume's engine runs on now, which keeps it there."""
+    """"service/slot" -> its node, for every slot of a service that uses volumes: a node holding a
+    healthy replica of every volume of the slot when one is eligible (data locality), and the
+    node its engine runs on (`engines`: volume -> node) while that one stays eligible. The
+    services runner places these slots exactly here, and the engines follow them."""
     healthy: dict[str, set[str]] = {}
     for site in sites:
         if site.healthy:
@@ -70,8 +71,19 @@ def engine_nodes(services: Iterable[ServiceSpec], nodes: list[NodeView], sites: 
                    if (volume := volume_for_slot(spec.volumes[0], slot)) in engines]
         shape = ServiceShape(spec.name, spec.scale, False, spec.spread, spec.node_selector, near)
         for assignment in place_service(shape, nodes, running):
-            for mount in spec.volumes:
-                placed[volume_for_slot(mount, assignment.slot)] = assignment.node
+            placed[f"{assignment.service}/{assignment.slot}"] = assignment.node
+    return placed
+
+
+def engine_nodes(services: Iterable[ServiceSpec], slots: Mapping[str, str]) -> dict[str, str]:
+    """volume -> the node that runs its engine: the node of the slot that uses it."""
+    placed = {}
+    for spec in services:
+        for slot in range(spec.scale):
+            node = slots.get(f"{spec.name}/{slot}")
+            if node is not None:
+                for mount in spec.volumes:
+                    placed[volume_for_slot(mount, str(slot))] = node
     return placed
 
 
@@ -89,12 +101,17 @@ class VolumeView:
     plans: dict[str, ReplicaPlan]
     addresses: dict[str, str]
     """node -> HOST:PORT of its replica server."""
+    slots: dict[str, str]
+    """"service/slot" -> node, for the slots of services that use volumes (see volume_slots)."""
+    placed: dict[str, str]
+    """volume -> the node that must run its engine."""
 
 
-def volume_view(volumes: Iterable[VolumeSpec], members: Collection[Member], documents: Mapping[str, NodeDocument],
-                me: str, own_engines: Iterable[str], now: float) -> VolumeView:
+def volume_view(volumes: Iterable[VolumeSpec], services: Collection[ServiceSpec], members: Collection[Member],
+                documents: Mapping[str, NodeDocument], me: str, own_engines: Iterable[str], now: float) -> VolumeView:
     """`now`: unix time, as member snapshots give `state_since`. A node declared dead loses its
-    engines at once; one that left keeps them for ENGINE_LEFT_GRACE."""
+    engines at once; one that left keeps them for ENGINE_LEFT_GRACE. Slots go only to nodes
+    whose document says they can attach volumes."""
     states = {m.name: m for m in members}
     away = {m.name for m in members if m.state is MemberState.LEFT and now - m.state_since < ENGINE_LEFT_GRACE}
     counted = {name for name, m in states.items() if m.state in (MemberState.ALIVE, MemberState.SUSPECT)} | away
@@ -107,21 +124,26 @@ def volume_view(volumes: Iterable[VolumeSpec], members: Collection[Member], docu
                 reports[engine.volume] = max(reports.get(engine.volume, (-1, "")), (engine.epoch, name))
     for volume in own_engines:
         reports.setdefault(volume, (0, me))
-    plans = place_volumes((shape(v) for v in volumes), nodes, replica_sites(reported), down_since(members), now)
-    return VolumeView(nodes, reported, {volume: node for volume, (_, node) in reports.items()},
-                      {p.volume: p for p in plans},
-                      {name: d.replica_addr for name, d in documents.items() if d.replica_addr})
+    sites = replica_sites(reported)
+    plans = place_volumes((shape(v) for v in volumes), nodes, sites, down_since(members), now)
+    engines = {volume: node for volume, (_, node) in reports.items()}
+    attaching = [n if (d := documents.get(n.name)) is not None and not d.attach_error else replace(n, draining=True)
+                 for n in nodes]
+    slots = volume_slots(services, attaching, sites, engines)
+    return VolumeView(nodes, reported, engines, {p.volume: p for p in plans},
+                      {name: d.replica_addr for name, d in documents.items() if d.replica_addr},
+                      slots, engine_nodes(services, slots))
 
 
-def engine_orders(view: VolumeView, volumes: Iterable[VolumeSpec], services: Iterable[ServiceSpec],
-                  me: str) -> dict[str, EngineOrder]:
+def engine_orders(view: VolumeView, volumes: Iterable[VolumeSpec], me: str) -> dict[str, EngineOrder]:
     """The engines `me` must run: those of the volumes whose slots are placed on it, on the
-    replica servers of each volume's placement, its own first."""
-    placed = engine_nodes(services, view.nodes, replica_sites(view.reported), view.engines)
+    replica servers of each volume's placement, its own first. Stop-first: while another node
+    that counts still runs a volume's engine, it is not ordered here (that node unmounts, flushes
+    and stops it first; a dead node's is fenced by the new engine instead)."""
     orders = {}
     for volume in volumes:
         plan = view.plans.get(volume.name)
-        if placed.get(volume.name) != me or plan is None:
+        if view.placed.get(volume.name) != me or plan is None or view.engines.get(volume.name, me) != me:
             continue
         holders = sorted(plan.nodes, key=lambda n: (n != me, n))
         addresses = tuple(view.addresses[n] for n in holders if n in view.addresses)

@@ -133,13 +133,3 @@ def check_growth(before: tuple[VolumeSpec, ...], after: tuple[VolumeSpec, ...], 
         if volume.name in sizes and volume.size < sizes[volume.name]:
             raise ConfigFileError(path, f"{volume.size} bytes is smaller than the volume's {sizes[volume.name]}: "
                                         "volumes can grow, never shrink", key=f"volume[{volume.name}].size")
-
-
-def held_reason(service: ServiceSpec) -> str:
-    """Why a service is not placed yet, or "" when it may run. A service using volumes waits
-    for them: this version validates and shows volumes but does not attach them yet, and an
-    instance started without its data would write where nothing is replicated."""
-    if not service.volumes:
-        return ""
-    names = ", ".join(m.volume for m in service.volumes)
-    return f"waiting for volume {names}: attaching volumes to instances is not available in this version"

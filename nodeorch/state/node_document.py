@@ -53,6 +53,9 @@ class NodeDocument:
     api: str = ""
     replica_addr: str = ""
     """HOST:PORT of this node's replica server, for the engines of other nodes."""
+    attach_error: str = ""
+    """Why this node cannot attach volumes (not root, a tool missing), or "" when it can: the
+    instances of volume services are placed only on nodes that can."""
     updated_at: float = 0.0
     """Unix time the owner wrote this version."""
     instances: tuple[InstanceRecord, ...] = ()
@@ -77,6 +80,7 @@ class NodeDocument:
                         "error": self.desired_error},
             "api": self.api,
             "replica_addr": self.replica_addr,
+            "attach_error": self.attach_error,
             "updated_at": self.updated_at,
             "instances": [r.to_wire() for r in self.instances],
             "replicas": [r.to_wire() for r in self.replicas],
@@ -88,7 +92,7 @@ class NodeDocument:
 _FIELDS = {
     "n": "name", "v": "version", "b": "boot_id", "av": "agent_version", "l": "labels", "d": "draining",
     "dr": "desired_revision", "dd": "desired_digest", "de": "desired_error", "api": "api", "ra": "replica_addr",
-    "u": "updated_at", "i": "instances", "r": "replicas", "e": "engines", "h": "health",
+    "ae": "attach_error", "u": "updated_at", "i": "instances", "r": "replicas", "e": "engines", "h": "health",
 }
 _KEYS = {v: k for k, v in _FIELDS.items()}
 
@@ -150,7 +154,7 @@ def decode_document(data: bytes) -> NodeDocument:
     _check(type(values.get("name")) is str and 0 < len(values["name"]) <= 128, "name: missing or invalid")
     _check(type(values.get("version")) is int and values["version"] >= 0, "version: missing or invalid")
     _check(type(values.get("boot_id")) is str, "boot_id: missing")
-    for key in ("agent_version", "desired_digest", "desired_error", "api", "replica_addr"):
+    for key in ("agent_version", "desired_digest", "desired_error", "api", "replica_addr", "attach_error"):
         _check(type(values.get(key, "")) is str, f"{key}: expected a string")
     labels = values.get("labels", {})
     _check(type(labels) is dict and all(type(k) is str and type(v) is str for k, v in labels.items()),

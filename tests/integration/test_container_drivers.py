@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState
+from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState, VolumeBinding
 from drivers.containers.docker import DockerDriver
 from drivers.containers.memory import MemoryDriver
 from drivers.containers.process import ProcessDriver, process_start_ticks
@@ -106,6 +106,23 @@ async def test_the_docker_driver_reports_exit_codes_and_labels(busybox_image: st
         remove_containers(node)
 
 
+async def test_the_docker_driver_binds_a_volume_at_its_path(busybox_image: str, tmp_path: Path) -> None:
+    node = f"volume-{tmp_path.name[-12:]}"
+    driver = DockerDriver(node, "127.0.0.2")
+    (tmp_path / "in").write_text("from the host")
+    binding = VolumeBinding("NODEORCH_VOLUME_DB", str(tmp_path), "/var/lib/db")
+    try:
+        await driver.start(InstanceSpec("db", "0", "d1", ("sh", "-c", "cp $NODEORCH_VOLUME_DB/in /var/lib/db/out"),
+                                        image=busybox_image, driver="docker", volumes=(binding,)))
+        for _ in range(100):
+            if (tmp_path / "out").exists():
+                break
+            await asyncio.sleep(0.1)
+        assert (tmp_path / "out").read_text() == "from the host"
+    finally:
+        remove_containers(node)
+
+
 async def test_an_unreachable_docker_engine_is_a_clear_transient_error() -> None:
     import docker
 
@@ -138,6 +155,20 @@ async def test_the_process_driver_passes_env_and_logs_to_the_data_dir(tmp_path: 
             break
         await asyncio.sleep(0.05)
     assert "0 hi web node-a 127.0.0.2 True" in log.read_text(), "env, ${NAME} in argv, and its own process group"
+
+
+async def test_the_process_driver_names_each_volume_in_env_and_argv(tmp_path: Path) -> None:
+    driver = ProcessDriver(tmp_path, "node-a", "127.0.0.2")
+    mount = tmp_path / "mounts" / "db-0"
+    mount.mkdir(parents=True)
+    script = "import os, pathlib, sys; pathlib.Path(sys.argv[1], 'out').write_text(os.environ['NODEORCH_VOLUME_DB'])"
+    await driver.start(InstanceSpec("db", "0", "d1", (sys.executable, "-c", script, "${NODEORCH_VOLUME_DB}"),
+                                    volumes=(VolumeBinding("NODEORCH_VOLUME_DB", str(mount), "/unused"),)))
+    for _ in range(100):
+        if (mount / "out").exists():
+            break
+        await asyncio.sleep(0.05)
+    assert (mount / "out").read_text() == str(mount)
 
 
 async def test_a_new_driver_adopts_a_running_process_and_stops_it(tmp_path: Path) -> None:

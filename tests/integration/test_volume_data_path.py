@@ -51,7 +51,7 @@ def fio_with_a_fault(uri: str, fault: Callable[[], None]) -> subprocess.Complete
     `fault` done a second in, while it writes."""
     args = [need("fio"), "--name=verify", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite", "--bs=4k",
             "--size=32M", "--rate_iops=2000", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1",
-            "--do_verify=1"]
+            "--verify_state_save=0", "--do_verify=1"]
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as fio:
         time.sleep(1.0)
         fault()

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from gossip import Member, MemberState
 from nodeorch.core.placement import NodeView, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaSite, VolumeShape, place_replicas, place_volumes
-from nodeorch.reconcile.volume_plan import engine_events, engine_nodes, replica_sites, volume_view
+from nodeorch.reconcile.volume_plan import (
+    engine_events,
+    engine_nodes,
+    engine_orders,
+    replica_sites,
+    volume_slots,
+    volume_view,
+)
 from nodeorch.spec.desired import parse_desired
 from nodeorch.state.node_document import NodeDocument
 from nodeorch.state.records import EngineRecord, EngineState, ReplicaMode, ReplicaRecord
@@ -133,11 +140,12 @@ def test_the_engine_of_a_slot_goes_where_its_healthy_replicas_are_and_stays_wher
                          b'volumes = [{ volume = "db", path = "/d", per_slot = true }]\n').services
     view = nodes("a", "b", "c", "d", "e")
     sites = [ReplicaSite("db-0", "c"), ReplicaSite("db-0", "d", healthy=False), ReplicaSite("db-1", "e")]
-    placed = engine_nodes(spec, view, sites, {})
-    assert placed == {"db-0": "c", "db-1": "e"}
-    assert engine_nodes(spec, view, sites, {"db-0": "a"})["db-0"] == "a", "a running engine stays"
+    slots = volume_slots(spec, view, sites, {})
+    assert slots == {"db/0": "c", "db/1": "e"}
+    assert engine_nodes(spec, slots) == {"db-0": "c", "db-1": "e"}
+    assert volume_slots(spec, view, sites, {"db-0": "a"})["db/0"] == "a", "a running engine stays"
     gone = [NodeView("a", alive=False), *(n for n in view if n.name != "a")]
-    assert engine_nodes(spec, gone, sites, {"db-0": "a"})["db-0"] == "c", "a dead node's engine moves"
+    assert volume_slots(spec, gone, sites, {"db-0": "a"})["db/0"] == "c", "a dead node's engine moves"
 
 
 def member(name: str, state: MemberState, since: float = 0.0) -> Member:
@@ -153,14 +161,51 @@ def test_an_engine_is_where_the_highest_epoch_says_and_a_left_node_keeps_its_own
     documents = {"a": NodeDocument("a", 1, "x", engines=engine(3), replica_addr="10.0.0.1:7948"),
                  "b": NodeDocument("b", 1, "x", engines=engine(2)), "c": NodeDocument("c", 1, "x")}
     alive = [member(n, MemberState.ALIVE) for n in "abc"]
-    assert volume_view(db, alive, documents, "c", (), now=100.0).engines == {"db": "a"}, "the newer engine"
-    assert volume_view(db, alive, documents, "c", ("x",), now=100.0).engines["x"] == "c", "its own, unreported"
+    assert volume_view(db, (), alive, documents, "c", (), now=100.0).engines == {"db": "a"}, "the newer engine"
+    assert volume_view(db, (), alive, documents, "c", ("x",), now=100.0).engines["x"] == "c", "its own, unreported"
     left = [member("a", MemberState.LEFT, 90.0), member("b", MemberState.ALIVE), member("c", MemberState.ALIVE)]
-    assert volume_view(db, left, documents, "c", (), now=100.0).engines == {"db": "a"}, "an agent restarting"
-    assert volume_view(db, left, documents, "c", (), now=121.0).engines == {"db": "b"}, "gone past the grace"
+    assert volume_view(db, (), left, documents, "c", (), now=100.0).engines == {"db": "a"}, "an agent restarting"
+    assert volume_view(db, (), left, documents, "c", (), now=121.0).engines == {"db": "b"}, "gone past the grace"
     dead = [member("a", MemberState.DEAD, 99.0), member("b", MemberState.ALIVE), member("c", MemberState.ALIVE)]
-    assert volume_view(db, dead, documents, "c", (), now=100.0).engines == {"db": "b"}, "dead: at once"
-    assert volume_view(db, alive, documents, "c", (), now=100.0).addresses == {"a": "10.0.0.1:7948"}
+    assert volume_view(db, (), dead, documents, "c", (), now=100.0).engines == {"db": "b"}, "dead: at once"
+    assert volume_view(db, (), alive, documents, "c", (), now=100.0).addresses == {"a": "10.0.0.1:7948"}
+
+
+DB_SERVICE = (b'revision = 1\n[[volume]]\nname = "db"\nsize = "1GiB"\nreplicas = 2\n'
+              b'[[service]]\nname = "db"\ncommand = ["x"]\nvolumes = [{ volume = "db", path = "/d" }]\n')
+
+
+def test_volume_slots_go_only_to_nodes_that_can_attach() -> None:
+    desired = parse_desired(DB_SERVICE)
+    alive = [member(n, MemberState.ALIVE) for n in "abc"]
+    replicas = (ReplicaRecord("db", 1 << 30, ReplicaMode.MEMBER, 1, 1, 1),)
+    documents = {"a": NodeDocument("a", 1, "x", replicas=replicas, attach_error="not root"),
+                 "b": NodeDocument("b", 1, "x"), "c": NodeDocument("c", 1, "x", replicas=replicas)}
+    view = volume_view(desired.volumes, desired.services, alive, documents, "c", (), now=100.0)
+    assert view.slots == {"db/0": "c"} and view.placed == {"db": "c"}, "near its replica, on a node that attaches"
+    without = {**documents, "c": NodeDocument("c", 1, "x", replicas=replicas, attach_error="nbdfuse missing")}
+    assert volume_view(desired.volumes, desired.services, alive, without, "c", (), now=100.0).slots == {"db/0": "b"}
+
+
+def test_an_engine_moves_stop_first_while_its_old_node_lives() -> None:
+    desired = parse_desired(DB_SERVICE)
+    alive = [member(n, MemberState.ALIVE) for n in "abc"]
+    replicas = (ReplicaRecord("db", 1 << 30, ReplicaMode.MEMBER, 1, 1, 1),)
+    running = (EngineRecord("db", EngineState.HEALTHY, 3),)
+    documents = {"a": NodeDocument("a", 1, "x", replicas=replicas, engines=running, draining=True,
+                                   replica_addr="10.0.0.1:7948"),
+                 "b": NodeDocument("b", 1, "x", replicas=replicas, replica_addr="10.0.0.2:7948"),
+                 "c": NodeDocument("c", 1, "x")}
+    view = volume_view(desired.volumes, desired.services, alive, documents, "b", (), now=100.0)
+    assert view.placed == {"db": "b"}, "the draining node gives the slot up"
+    assert engine_orders(view, desired.volumes, "b") == {}, "not before node a stopped its engine"
+    stopped = {**documents, "a": documents["a"].replace(engines=())}
+    view = volume_view(desired.volumes, desired.services, alive, stopped, "b", (), now=100.0)
+    (order,) = engine_orders(view, desired.volumes, "b").values()
+    assert order.replicas == ("10.0.0.2:7948", "10.0.0.1:7948"), "its own replica first"
+    dead = [member("a", MemberState.DEAD, 99.0), *alive[1:]]
+    view = volume_view(desired.volumes, desired.services, dead, documents, "b", (), now=100.0)
+    assert "db" in engine_orders(view, desired.volumes, "b"), "a dead node's engine is fenced, not waited for"
 
 
 def test_engine_events_name_degradation_faults_and_recovery_but_not_starts() -> None:

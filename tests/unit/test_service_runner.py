@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 
+from drivers.attach import MemoryAttacher
+from drivers.containers import DriverError, InstanceSpec, VolumeBinding
 from drivers.containers.memory import MemoryDriver
 from gossip import Member, MemberState
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.service_runner import SETTLE_TIMEOUT, PlacementGate, ServiceRunner
-from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.spec.service_spec import ServiceSpec, VolumeMount
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument
 from nodeorch.state.records import HealthVerdict, InstancePhase, InstanceRecord
@@ -26,6 +31,9 @@ class Host:
         self.jobs = JobTable()
         self.services = services
         self.published: list[tuple[InstanceRecord, ...]] = []
+        self.slots: dict[str, str] = {}
+        self.attacher = MemoryAttacher(Path(tempfile.mkdtemp(prefix="attach-")))
+        self.exports: set[str] = set()
 
     def members(self) -> list[Member]:
         return [Member("a", ("127.0.0.2", 7946), json.dumps({}).encode(), 0, MemberState.ALIVE, 0.0)]
@@ -47,6 +55,19 @@ class Host:
         self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
     ) -> None:
         self.published.append(records)
+
+    def volume_slots(self) -> Mapping[str, str]:
+        return self.slots
+
+    async def attach_volumes(self, spec: InstanceSpec) -> InstanceSpec:
+        service = next(s for s in self.services if s.name == spec.service)
+        bindings = []
+        for mount in service.volumes:
+            if mount.volume not in self.exports:
+                raise DriverError(f"volume {mount.volume}: its engine is not serving yet")
+            where = await self.attacher.attach(mount.volume, Path("/dev/null"))
+            bindings.append(VolumeBinding(mount.variable, str(where), mount.path))
+        return dataclasses.replace(spec, volumes=tuple(bindings))
 
 
 @contextlib.asynccontextmanager
@@ -91,6 +112,34 @@ async def test_instances_start_as_jobs_and_a_crash_restarts_in_place_after_the_d
         await settle()
         assert driver.started.count("web/1") == 2, "restarted in place after the delay"
         assert host.jobs.counts()["succeeded"] == 4
+
+
+async def test_a_volume_slot_runs_where_its_engine_is_placed_with_its_volume_and_moves_stop_first() -> None:
+    db = ServiceSpec("db", driver="memory", command=("db",), volumes=(VolumeMount("db", "/var/lib/db"),))
+    host, driver = Host((db,)), MemoryDriver()
+    now = [100.0]
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    now[0] += SETTLE_TIMEOUT
+    async with jobs_running(runner) as settle:
+        await settle()
+        assert driver.started == [], "placed nowhere until the volume plan places it"
+        host.slots = {"db/0": "a"}
+        await settle()
+        assert driver.started == [], "not before its engine serves"
+        assert any("not serving yet" in job.error for job in host.jobs.jobs()), "and its job says why"
+        host.exports.add("db")
+        now[0] += 5
+        await settle()
+        assert driver.started == ["db/0"]
+        (binding,) = driver.specs["db/0"].volumes
+        assert binding == VolumeBinding("NODEORCH_VOLUME_DB", str(host.attacher.folder / "db"), "/var/lib/db")
+        host.slots = {"db/0": "b"}  # moved; node b does not run it yet
+        await runner.reconcile()
+        await runner.queue.settled()
+        assert await driver.instances() == [], "stopped at once, not after a start-first handover"
+        assert runner.local_slots() == {"db/0"}, "until the next pass publishes it gone"
+        await runner.reconcile()
+        assert runner.local_slots() == set()
 
 
 async def test_a_service_for_a_driver_this_agent_lacks_is_reported_not_run() -> None:

@@ -129,23 +129,23 @@ def test_metrics_have_one_family_per_meaning_and_follow_the_naming_rules() -> No
     assert max(names.values()) == 1, "each family is declared once"
 
 
-HELD = parse_desired(b'revision = 5\n[[volume]]\nname = "db"\nsize = "1GiB"\n'
+WAITING = parse_desired(b'revision = 5\n[[volume]]\nname = "db"\nsize = "1GiB"\n'
                      b'[[service]]\nname = "db"\ncommand = ["db"]\nvolumes = [{ volume = "db", path = "/data" }]\n')
 
 
 class WithAVolumeService(StandIn):
     @property
     def desired(self) -> DesiredStatus:
-        return DesiredStatus(HELD)
+        return DesiredStatus(WAITING)
 
     def desired_services(self) -> tuple[ServiceSpec, ...]:
-        return ()
+        return WAITING.services
 
 
-def test_a_service_waiting_for_its_volume_is_shown_held_with_the_reason() -> None:
+def test_a_volume_service_placed_nowhere_yet_says_what_it_waits_for() -> None:
     by_name = {s["name"]: s for s in services_json(WithAVolumeService())}
-    assert by_name["db"]["desired"] == 0 and "waiting for volume db" in by_name["db"]["held"]
-    assert "held" not in by_name["web"], "a service still reported but no longer desired is not held"
+    assert by_name["db"]["desired"] == 0 and "1 of 1 slots wait for volume db" in by_name["db"]["waiting"]
+    assert "waiting" not in by_name["web"], "a service still reported but no longer desired waits for nothing"
 
 
 VOLUMES = parse_desired(b'revision = 6\n[[volume]]\nname = "db"\nsize = "1GiB"\n'
