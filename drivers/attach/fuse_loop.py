@@ -43,15 +43,18 @@ def missing_tools() -> list[str]:
     return missing
 
 
-def host_namespace_prefix() -> list[str]:
-    """`nsenter` into PID 1's mount namespace when this process lives in another one, so mounts
-    land where instances and Docker see them; nothing when they are the same."""
+HOST_NAMESPACE = Path("/proc/1/ns/mnt")
+
+
+def host_namespace_prefix(host: Path = HOST_NAMESPACE) -> list[str]:
+    """`nsenter` into the host's mount namespace (PID 1's) when this process lives in another one,
+    so mounts land where instances and Docker see them; nothing when they are the same."""
     try:
-        if os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
+        if os.readlink("/proc/self/ns/mnt") == os.readlink(host):
             return []
     except OSError:
         return []  # not allowed to look: no namespace of our own to escape either
-    return ["nsenter", "--mount=/proc/1/ns/mnt", "--"]
+    return ["nsenter", f"--mount={host}", "--"]
 
 
 def _unescape(field: str) -> str:
@@ -85,9 +88,10 @@ def loops_on(listing: str, image: Path) -> list[str]:
 LIST_LOOPS = ("losetup", "-l", "-n", "-O", "NAME,BACK-FILE")
 
 
-def mounts_under(folder: Path) -> dict[Path, str]:
-    """Mount point -> filesystem type of every mount at or below `folder`, as this process sees them."""
-    found: dict[Path, str] = {}
+def mount_table(folder: Path) -> dict[Path, tuple[str, str]]:
+    """Mount point -> (filesystem type, MAJOR:MINOR) of every mount at or below `folder`, as this
+    process sees them."""
+    found: dict[Path, tuple[str, str]] = {}
     prefix = str(folder.resolve())
     with contextlib.suppress(OSError), open("/proc/self/mountinfo") as table:
         for line in table:
@@ -95,14 +99,32 @@ def mounts_under(folder: Path) -> dict[Path, str]:
             point = _unescape(fields[4])
             kind = fields[fields.index("-") + 1] if "-" in fields else ""
             if point == prefix or point.startswith(prefix + "/"):
-                found[Path(point)] = kind
+                found[Path(point)] = (kind, fields[2])
     return found
 
 
+def mounts_under(folder: Path) -> dict[Path, str]:
+    """Mount point -> filesystem type of every mount at or below `folder`."""
+    return {point: kind for point, (kind, _) in mount_table(folder).items()}
+
+
+FUSE_CONNECTIONS = Path("/sys/fs/fuse/connections")
+
+
+def abort_fuse(device: str) -> None:
+    """End the FUSE connection of a mount whose daemon died: until then the kernel waits for its
+    answers forever, and the loop device on it, and whatever was mounted from it, hang."""
+    if FUSE_CONNECTIONS.resolve() not in mounts_under(FUSE_CONNECTIONS):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(FUSE_CONNECTIONS)], capture_output=True,
+                       check=False)
+    with contextlib.suppress(OSError):
+        (FUSE_CONNECTIONS / device.split(":")[1] / "abort").write_text("1")
+
+
 class FuseLoopAttacher:
-    def __init__(self, folder: Path, *, namespace_prefix: Sequence[str] | None = None) -> None:
+    def __init__(self, folder: Path, *, host_namespace: Path = HOST_NAMESPACE) -> None:
         self.folder = folder
-        self._prefix = list(host_namespace_prefix() if namespace_prefix is None else namespace_prefix)
+        self._prefix = host_namespace_prefix(host_namespace)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def mount_point(self, volume: str) -> Path:
@@ -183,9 +205,11 @@ class FuseLoopAttacher:
 
     async def _start_fuse(self, volume: str, export: Path) -> None:
         fuse_dir = self._fuse_dir(volume)
-        fuse_dir.mkdir(parents=True, exist_ok=True)
-        if fuse_dir.resolve() in mounts_under(fuse_dir):  # its nbdfuse died: the mount is a corpse
+        corpse = mount_table(fuse_dir).get(fuse_dir.resolve())
+        if corpse is not None:  # its nbdfuse died
+            abort_fuse(corpse[1])
             await self._run("fusermount3", "-u", "-z", str(fuse_dir), step="clearing a dead nbdfuse", volume=volume)
+        fuse_dir.mkdir(parents=True, exist_ok=True)
         child = self._spawn_fuse(volume, export)
         self._children[volume] = child
         async with asyncio.timeout(EXPORT_WAIT):
@@ -225,14 +249,20 @@ class FuseLoopAttacher:
 
 
 def release_all(folder: Path) -> None:
-    """Tear down every attachment under `folder` by force, whatever state it is in (for tests and
-    `nodeorch dev` after agents were killed): lazy unmounts, loop devices, nbdfuse mounts."""
-    def run(*argv: str) -> None:
-        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
+    """Tear down every attachment under `folder`, whatever state it is in (for tests and `nodeorch
+    dev` after agents were stopped or killed): filesystems unmounted (flushed when their device
+    still answers, lazily otherwise), the connections of dead nbdfuse processes aborted, loop
+    devices released, nbdfuse mounts ended."""
+    def run(*argv: str) -> bool:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False)
+        return done.returncode == 0
 
-    mounts = mounts_under(folder)
-    for point in sorted(mounts, key=lambda p: len(p.parts), reverse=True):
-        if mounts[point] == "ext4":
+    table = mount_table(folder)
+    for point, (kind, device) in table.items():
+        if kind.startswith("fuse") and not exists(point / "disk"):  # its daemon died
+            abort_fuse(device)
+    for point in sorted(table, key=lambda p: len(p.parts), reverse=True):
+        if table[point][0] == "ext4" and not run("umount", str(point)):
             run("umount", "-l", str(point))
     listing = subprocess.run(LIST_LOOPS, capture_output=True, text=True, check=False).stdout
     fuse = folder.resolve() / "fuse"
@@ -240,6 +270,6 @@ def release_all(folder: Path) -> None:
         name, _, back = line.strip().partition(" ")
         if back.strip().startswith(f"{fuse}/"):
             run("losetup", "-d", name)
-    for point, kind in mounts.items():
+    for point, (kind, _) in table.items():
         if kind.startswith("fuse"):
             run("fusermount3", "-u", "-z", str(point))

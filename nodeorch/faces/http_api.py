@@ -110,14 +110,14 @@ def services_json(agent: AgentView) -> list[dict[str, Any]]:
         if agent.stale(name):
             continue
         for record in document.instances:
-            entry = {"slot": record.slot, "node": name, "state": record.state.value,
-                     "health": record.health.value, "since": round(record.since, 3)}
-            reported.setdefault(record.service, []).append(entry)
-    out = []
+            reported.setdefault(record.service, []).append(
+                {"slot": record.slot, "node": name, "state": record.state.value, "health": record.health.value,
+                 "since": round(record.since, 3)})
+    out: list[dict[str, Any]] = []
     for spec in agent.desired_services():
         desired = sum(1 for a in agent.placement() if a.service == spec.name)
         instances = sorted(reported.pop(spec.name, []), key=lambda i: (str(i["slot"]), i["node"]))
-        entry: dict[str, Any] = {"name": spec.name, "desired": desired, "instances": instances}
+        entry = {"name": spec.name, "desired": desired, "instances": instances}
         if spec.volumes and desired < spec.scale:
             names = ", ".join(sorted({m.volume for m in spec.volumes}))
             entry["waiting"] = (f"{spec.scale - desired} of {spec.scale} slots wait for volume {names}: its replicas "

@@ -114,6 +114,10 @@ class VolumeKeeper:
             volume = volume_for_slot(mount, spec.slot)
             await self._engine_serving(volume)
             try:
+                if volume in self._attacher.attached():
+                    # A fresh mount for each start: a filesystem that saw I/O errors while its
+                    # engine was cut off is checked (fsck) before it is used again.
+                    await self._attacher.detach(volume)
                 where = await self._attacher.attach(volume, self.engines.socket(volume))
             except AttachError as error:
                 raise DriverError(str(error)) from None

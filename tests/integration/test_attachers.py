@@ -4,9 +4,11 @@ Every attachment is torn down afterwards, whatever happened."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,10 +94,11 @@ async def test_no_export_is_a_clear_error(rig: Rig, tmp_path: Path) -> None:
     assert rig.attacher.attached() == {}
 
 
-def _kill_fuse(folder: Path) -> None:
+def _kill_fuse(folder: Path) -> list[int]:
     listed = run("pgrep", "-f", f"nbdfuse {folder}")
     for pid in listed.stdout.split():
         os.kill(int(pid), signal.SIGKILL)
+    return [int(pid) for pid in listed.stdout.split()]
 
 
 async def test_after_an_unclean_detach_another_node_checks_and_mounts_it_with_synced_files(
@@ -113,8 +116,10 @@ async def test_after_an_unclean_detach_another_node_checks_and_mounts_it_with_sy
                 out.write(b"x" * 100_000)
                 out.flush()
                 os.fsync(out.fileno())
-            _kill_fuse(tmp_path / "a")  # the node dies with the filesystem mounted
+            killed = _kill_fuse(tmp_path / "a")  # the node dies with the filesystem mounted
             release_all(tmp_path / "a")
+            for pid in killed:  # a child of this process (the attacher started it)
+                await asyncio.to_thread(os.waitpid, pid, 0)
             where = await second.attach("vol", engine.socket)
             assert (where / "synced").read_bytes() == b"x" * 100_000
             assert "was not detached cleanly; fsck: vol: recovering journal" in caplog.text
@@ -123,3 +128,49 @@ async def test_after_an_unclean_detach_another_node_checks_and_mounts_it_with_sy
             release_all(tmp_path / "a")
             release_all(tmp_path / "b")
         assert not mounts_under(tmp_path), "an attachment was left behind"
+
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+from drivers.attach.fuse_loop import FuseLoopAttacher
+attacher = FuseLoopAttacher(Path(sys.argv[1]), host_namespace=Path(sys.argv[3]))
+where = asyncio.run(attacher.attach("vol", Path(sys.argv[2])))
+(where / "from-the-agent").write_text("hello")
+print(where, flush=True)
+"""
+
+
+def test_an_agent_in_a_mount_namespace_of_its_own_mounts_where_the_host_sees_it(tmp_path: Path) -> None:
+    """As under the systemd unit (ProtectSystem= and PrivateTmp= give the agent a namespace of its
+    own, a slave of the host's): the attach runs in the host's namespace, so the host (and Docker)
+    see the mount. The host here is this test's namespace (PID 1's is out of reach on test beds)."""
+    if os.geteuid() != 0:
+        pytest.fail("attaching a volume needs root: run make test as root")
+    if missing := missing_tools():
+        pytest.fail(f"attaching a volume needs {', '.join(missing)} (make test installs them as root)")
+    host = tmp_path / "host"
+    host.mkdir()
+    # what systemd does to / on every host (and this test bed does not): shared propagation
+    assert run("mount", "--bind", str(host), str(host)).returncode == 0
+    try:
+        assert run("mount", "--make-shared", str(host)).returncode == 0
+        attach_from_a_namespace_of_its_own(host)
+    finally:
+        release_all(host / "node")
+        run("umount", "-l", str(host))
+    assert not mounts_under(tmp_path), "an attachment was left behind"
+
+
+def attach_from_a_namespace_of_its_own(host: Path) -> None:
+    with volume_rig(host / "rig") as volumes:
+        engine = volumes.start_engine(name="vol", size="64MiB")
+        try:
+            result = run("unshare", "--mount", "--propagation", "slave", sys.executable, "-c", CHILD,
+                         str(host / "node"), str(engine.socket), f"/proc/{os.getpid()}/ns/mnt")
+            assert result.returncode == 0, result.stdout + result.stderr
+            where = Path(result.stdout.strip())
+            assert where.resolve() in mounts_under(where), "the host sees the agent's mount"
+            assert (where / "from-the-agent").read_text() == "hello"
+        finally:
+            release_all(host / "node")

@@ -4,7 +4,6 @@ failures, a lost majority, a second engine, and garbage on every port."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -12,14 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from nodeorch.spec.secret_files import write_keyring
 
-from .volumes import io_ok, need, run, volume_rig, wait_until
+from .volumes import cut_tcp_ports, io_ok, need, run, volume_rig, wait_until
 
 
 def test_real_clients_read_back_what_they_wrote(tmp_path: Path) -> None:
@@ -191,22 +188,6 @@ def test_salvage_is_the_explicit_way_past_a_lost_majority(tmp_path: Path) -> Non
         wait_until(lambda: engine.status().get("members") == rig.replica_addresses)
         rig.replicas[0].kill()  # the copies salvage made carry the volume on their own
         assert io_ok(engine.qemu_io("read -P 0x71 0 1M", "read -P 0x73 2M 1M"))
-
-
-@contextlib.contextmanager
-def cut_tcp_ports(*ports: int) -> Iterator[None]:
-    """Drop every TCP packet to these loopback ports (a partition), until the block ends."""
-    if os.geteuid() != 0 or shutil.which("iptables") is None:
-        pytest.fail("this test cuts links with iptables: run it as root with iptables installed")
-    rules = [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-m", "comment", "--comment",
-              "nodeorch-test-partition", "-j", "DROP"] for port in ports]
-    try:
-        for rule in rules:
-            subprocess.run(["iptables", "-I", *rule], check=True)
-        yield
-    finally:
-        for rule in rules:
-            subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
 
 
 def test_a_partition_from_two_of_three_replicas_fails_writes_and_loses_nothing_acknowledged(tmp_path: Path) -> None:

@@ -23,9 +23,10 @@ from drivers.attach.fuse_loop import missing_tools, mounts_under, release_all
 from gossip._process import wait_until
 from nodeorch.reconcile.detached_process import read_record
 from nodeorch.reconcile.replica_server_keeper import stop_replica_server
+from nodeorch.spec.node_config import DEFAULT_REPLICA_PORT
 
 from .agents import AgentProcess, agent_trio, cli, instance_pids
-from .volumes import need
+from .volumes import cut_tcp_ports, need
 
 SLEEPER = f'["{sys.executable}", "-c", "import time; time.sleep(3600)"]'
 DESIRED = f"""
@@ -195,6 +196,27 @@ async def test_a_service_keeps_every_acknowledged_write_when_its_node_dies(tmp_p
             f"{last} writes were acknowledged; the heir found {found.group(0)}"
         await wait_until(lambda: one_engine(tmp_path, survivors), 20)
         assert "volume.degraded" in event_kinds(heir)
+
+
+async def test_an_engine_cut_off_from_two_replicas_fails_io_loses_nothing_and_recovers_by_itself(
+        tmp_path: Path) -> None:
+    async with agent_trio(tmp_path, WRITING, expect=3) as agents:
+        db = await serving(agents, "healthy", 3)
+        owner = next(a for a in agents if a.name == db["engine"]["node"])
+        await wait_until(lambda: acked(instance_log(tmp_path, owner)) >= 50, 60)
+        others = tuple(a.ip for a in agents if a is not owner)
+        with cut_tcp_ports(DEFAULT_REPLICA_PORT, hosts=others):
+            await wait_until(lambda: "OSError" in instance_log(tmp_path, owner), 60)  # EIO, never a false ack
+            last = acked(instance_log(tmp_path, owner))
+            await wait_until(lambda: volume(owner)["state"] == "faulted", 30)
+            await asyncio.sleep(3)
+            assert acked(instance_log(tmp_path, owner)) == last, "nothing acknowledged without a majority"
+        # healed: the same engine serves again, the instance starts again on a checked filesystem
+        found = await wait_until(lambda: re.findall(r"found (\d+) in order=(\w+)", instance_log(tmp_path, owner)), 90)
+        assert int(found[-1][0]) >= last and found[-1][1] == "True", f"{last} acknowledged; {found[-1]} found"
+        await wait_until(lambda: acked(instance_log(tmp_path, owner)) > last + 20, 30)
+        healed = await serving(agents, "healthy", 3)
+        assert healed["engine"]["node"] == owner.name
 
 
 async def test_each_node_keeps_its_replica_server_through_a_kill_and_an_agent_restart(tmp_path: Path) -> None:

@@ -225,3 +225,21 @@ def mounted(device: str, where: Path) -> Iterator[Path]:
     finally:
         if run("umount", str(where)).returncode != 0:
             run("umount", "-l", str(where))
+
+
+@contextlib.contextmanager
+def cut_tcp_ports(*ports: int, hosts: tuple[str, ...] = ()) -> Iterator[None]:
+    """Drop every TCP packet to these loopback ports (on these addresses only, when given): a
+    partition, until the block ends; the rules go whatever happens."""
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.fail("this test cuts links with iptables: run it as root with iptables installed")
+    where = [["-d", host] for host in hosts] or [[]]
+    rules = [["INPUT", "-i", "lo", *address, "-p", "tcp", "--dport", str(port), "-m", "comment", "--comment",
+              "nodeorch-test-partition", "-j", "DROP"] for port in ports for address in where]
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-I", *rule], check=True)
+        yield
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
