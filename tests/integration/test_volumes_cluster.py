@@ -219,6 +219,25 @@ async def test_an_engine_cut_off_from_two_replicas_fails_io_loses_nothing_and_re
         assert healed["engine"]["node"] == owner.name
 
 
+async def test_draining_the_node_of_a_volume_service_moves_it_stop_first_with_its_data(tmp_path: Path) -> None:
+    async with agent_trio(tmp_path, WRITING, expect=3) as agents:
+        db = await serving(agents, "healthy", 3)
+        owner = next(a for a in agents if a.name == db["engine"]["node"])
+        await wait_until(lambda: acked(instance_log(tmp_path, owner)) >= 50, 60)
+        owner.cli_json("drain")
+        moved = await wait_until(lambda: next((a for a in agents if a is not owner and "found" in
+                                               instance_log(tmp_path, a)), None), 60)
+        last = acked(instance_log(tmp_path, owner))
+        found = re.search(r"found (\d+) in order=(\w+)", instance_log(tmp_path, moved))
+        assert found is not None and int(found.group(1)) >= last and found.group(2) == "True"
+        assert "OSError" not in instance_log(tmp_path, owner), "the old instance was stopped before its volume"
+        assert mount_of(tmp_path, owner).resolve() not in mounts_under(mount_of(tmp_path, owner)), "unmounted"
+        assert read_record(data_dir(tmp_path, owner) / "volumes" / "engines" / "db.json") is None, "engine stopped"
+        healthy = await serving(agents, "healthy", 3)
+        assert healthy["engine"]["node"] == moved.name and healthy["engine"]["epoch"] == 2, \
+            "one clean handover: the new engine fenced the old one's epoch once"
+
+
 async def test_each_node_keeps_its_replica_server_through_a_kill_and_an_agent_restart(tmp_path: Path) -> None:
     async with agent_trio(tmp_path, DESIRED, expect=3) as agents:
         async def all_servers() -> list[int] | None:
