@@ -54,7 +54,7 @@ from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, encode_labels
-from nodeorch.state.records import EngineRecord, HealthVerdict, InstanceRecord, ReplicaRecord
+from nodeorch.state.records import EngineRecord, HealthVerdict, InstanceRecord, ReplicaRecord, VolumeDeletion
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,9 @@ class Agent:
             replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
                                                  keyring_file)
             engines = EngineKeeper(config.node.data_dir, config.cluster.name, keyring_file)
-            self._volumes = VolumeKeeper(self, engines, *volume_attacher(config.node.data_dir / "volumes"))
+            self._volumes = VolumeKeeper(self, engines, *volume_attacher(config.node.data_dir / "volumes"),
+                                         folder=config.node.data_dir / "volumes",
+                                         replica_server=self._replica_address(local=True))
             self._publisher = DocumentPublisher(self._first_document(), self.documents, self.events,
                                                 self.node.set_app_state)
             # The engines still running from before a restart go into the first document, so no
@@ -268,14 +270,20 @@ class Agent:
 
     # Documents -----------------------------------------------------------------------------------------
 
-    def _first_document(self) -> NodeDocument:
+    def _replica_address(self, local: bool = False) -> str:
+        """HOST:PORT of this node's replica server, as others reach it (or as this node does)."""
         host, port = self.config.replica_listen
-        if ipaddress.ip_address(host).is_unspecified:  # listening everywhere: others reach the gossip address
-            host = self.node.local_addr[0]
+        if ipaddress.ip_address(host).is_unspecified:  # listening everywhere
+            host = "127.0.0.1" if local else self.node.local_addr[0]
+        return f"{host}:{port}"
+
+    def _first_document(self) -> NodeDocument:
+        volumes = self._volumes
         return NodeDocument(name=self.name, version=0, boot_id=self.boot_id, agent_version=__version__,
                             labels=dict(self.config.node.labels), api=self.config.api.listen,
-                            replica_addr=f"{host}:{port}",
-                            attach_error=self._volumes.attach_error if self._volumes else "")
+                            replica_addr=self._replica_address(),
+                            attach_error=volumes.attach_error if volumes else "",
+                            deletions=volumes.deletions if volumes else ())
 
     async def publish(self, **sections: Any) -> None:
         """Gossip this node's document with its current header and the given sections."""
@@ -331,7 +339,23 @@ class Agent:
         await self.publish(instances=records, health=health)
 
     def _volumes_desired(self) -> bool:
-        return bool(self.desired.state and self.desired.state.volumes)
+        """The replica server runs while volumes are desired, or replicas are kept here (orphans
+        are shown and can be deleted)."""
+        replicas = self.config.node.data_dir / "volumes" / "replicas"
+        return bool(self.desired.state and self.desired.state.volumes) or any(replicas.glob("*.meta"))
+
+    async def publish_deletions(self, deletions: tuple[VolumeDeletion, ...]) -> None:
+        await self.publish(deletions=deletions)
+
+    async def delete_volume(self, volume: str) -> dict[str, Any]:
+        if self._volumes is None:
+            raise RuntimeError("the agent is not running")
+        return await self._volumes.delete(volume)
+
+    async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]:
+        if self._volumes is None:
+            raise RuntimeError("the agent is not running")
+        return await self._volumes.salvage(volume, trusted)
 
     async def _publish_replicas(self, records: tuple[ReplicaRecord, ...]) -> None:
         await self.publish(replicas=records)

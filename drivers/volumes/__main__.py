@@ -5,9 +5,13 @@
            --listen unix:PATH|HOST:PORT [--listen ...] [--keyring FILE | --insecure] [--cluster NAME]
            [--replica-timeout 8s] [--status-file F] [--rebuild-rate 200MiB]
     salvage --volume NAME --size SIZE --replica HOST:PORT [...] --from HOST:PORT [--keyring FILE | --insecure]
+    drop --volume NAME --volume-id ID --replica HOST:PORT [--keyring FILE | --insecure]
 
 With --replicas-file (one HOST:PORT per line), SIGHUP makes a running engine read it again and
 serve on the new list without stopping: new replicas are rebuilt online, dropped ones ejected.
+
+`drop` deletes one replica for good (`--replica` names its server, `--volume-id` the volume), as
+`nodeorch volume delete` does on every node.
 
 `salvage` is the only way past a lost majority: it takes the replica named by --from as the truth
 and copies it onto every other reachable replica, after which the engine starts as usual.
@@ -33,14 +37,14 @@ from typing import Any
 
 import uvloop
 
-from drivers.volumes._client import split_address
-from drivers.volumes._engine import Engine
+from drivers.volumes._client import ReplicaClient, split_address
+from drivers.volumes._engine import CONNECT_TIMEOUT, Engine
 from drivers.volumes._errors import NoQuorum, VolumeError
 from drivers.volumes._nbd_server import NbdServer
 from drivers.volumes._replica_server import ReplicaServer
 from drivers.volumes._sizes import parse_seconds, parse_size
 from drivers.volumes._store import write_atomically
-from drivers.volumes._wire import Secrets, load_keys
+from drivers.volumes._wire import OP_DROP, Secrets, load_keys
 
 log = logging.getLogger("drivers.volumes")
 STATUS_INTERVAL = 1.0
@@ -128,11 +132,26 @@ async def run_salvage(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_drop(args: argparse.Namespace) -> int:
+    client = ReplicaClient(args.replica[0], _secrets(args))
+    try:
+        await client.connect(CONNECT_TIMEOUT)
+        answer, _ = await client.call(OP_DROP, {"volume": args.volume, "volume_id": args.volume_id})
+    except VolumeError as error:
+        print(f"drop {args.volume}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    print(f"drop {args.volume}: {'deleted' if answer.get('dropped') else 'no such replica'} on {args.replica[0]}",
+          file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m drivers.volumes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True)
-    for name in ("replica", "engine", "salvage"):
+    for name in ("replica", "engine", "salvage", "drop"):
         c = commands.add_parser(name)
         c.add_argument("--keyring", help="the cluster keyring (one base64 key per line, the first in use)")
         c.add_argument("--insecure", action="store_true", help="no authentication (test beds only)")
@@ -144,14 +163,16 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--listen", required=True, help="HOST:PORT")
         else:
             c.add_argument("--volume", required=True)
-            c.add_argument("--size", required=True, help="e.g. 512MiB, 2GiB")
-            c.add_argument("--replica", action="append", required=name == "salvage",
+            c.add_argument("--size", required=name != "drop", help="e.g. 512MiB, 2GiB")
+            c.add_argument("--replica", action="append", required=name in ("salvage", "drop"),
                            help="HOST:PORT, once per replica")
         if name == "engine":
             c.add_argument("--replicas-file", help="one HOST:PORT per line, read again on SIGHUP")
             c.add_argument("--listen", action="append", required=True, help="unix:PATH or HOST:PORT")
             c.add_argument("--replica-timeout", default="8s")
             c.add_argument("--rebuild-rate", default="200MiB", help="bytes per second a rebuild may send")
+        if name == "drop":
+            c.add_argument("--volume-id", required=True, help="only the replica of this volume id is deleted")
         if name == "salvage":
             c.add_argument("--from", dest="trusted", required=True,
                            help="HOST:PORT of the replica to trust; its data replaces every other copy")
@@ -163,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        runner = {"replica": run_replica, "engine": run_engine, "salvage": run_salvage}[args.command]
+        runner = {"replica": run_replica, "engine": run_engine, "salvage": run_salvage, "drop": run_drop}[args.command]
         # uvloop: the data path moves 20-45 % more through the same CPU (bench/RESULTS.md)
         return uvloop.run(runner(args))
     except VolumeError as error:

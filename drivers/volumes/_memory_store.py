@@ -72,6 +72,9 @@ class MemoryStore:
             raise VolumeError(f"{volume}: the replica holds {backing.meta.size} bytes, the engine asks for {size}")
         return Replica(backing, backing.meta)
 
+    def delete(self, volume: str) -> None:
+        self.backings.pop(check_volume_name(volume), None)
+
     def crash(self) -> None:
         for backing in self.backings.values():
             backing.crash()

@@ -11,6 +11,7 @@ from drivers.volumes._wire import (
     OP_ADOPT,
     OP_CLAIM,
     OP_DIGEST,
+    OP_DROP,
     OP_EXTENTS,
     OP_FENCE,
     OP_FLUSH,
@@ -35,6 +36,8 @@ class Store(Protocol):
     def volumes(self) -> list[ReplicaMeta]: ...
 
     def open(self, volume: str, size: int, *, create: bool, volume_id: str = "") -> Replica: ...
+
+    def delete(self, volume: str) -> None: ...
 
 
 def _members(header: dict[str, Any]) -> tuple[str, ...]:
@@ -74,6 +77,23 @@ class ReplicaService:
             replica.close()
         self._open.clear()
 
+    def _drop(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Delete a replica for good (its volume was deleted): only the one with the volume id
+        named, so a new volume that reuses the name is never touched."""
+        volume = check_volume_name(field(header, "volume", str))
+        volume_id = field(header, "volume_id", str)
+        meta = self.store.meta(volume)
+        if meta is None:
+            return {"dropped": False}
+        if meta.volume_id != volume_id:
+            raise VolumeError(f"{volume}: the replica here is of volume id {meta.volume_id}, not {volume_id}")
+        replica = self._open.pop(volume, None)
+        if replica is not None:
+            replica.close()
+        self._owner.pop(volume, None)
+        self.store.delete(volume)
+        return {"dropped": True}
+
     def _replica(self, header: dict[str, Any]) -> Replica:
         volume = check_volume_name(field(header, "volume", str))
         replica = self._open.get(volume)
@@ -84,6 +104,8 @@ class ReplicaService:
     def _handle(self, op: int, header: dict[str, Any], data: bytes, session: int) -> tuple[dict[str, Any], bytes]:
         if op == OP_STATUS:
             return {"replicas": [m.to_json() for m in self.store.volumes()]}, b""
+        if op == OP_DROP:
+            return self._drop(header), b""
         if op == OP_OPEN:
             volume = check_volume_name(field(header, "volume", str))
             size = field(header, "size", int)

@@ -314,6 +314,16 @@ class ReplicaStore:
         except FileNotFoundError:
             return 0
 
+    def delete(self, volume: str) -> None:
+        """Remove the replica's files (metadata first: a half-deleted replica is no replica)."""
+        for suffix in (".meta", ".img"):
+            (self.directory / f"{check_volume_name(volume)}{suffix}").unlink(missing_ok=True)
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def open(self, volume: str, size: int, *, create: bool, volume_id: str = "") -> Replica:
         """Open a replica; with `create`, an absent one is created empty (epoch 0), carrying the
         volume id the engine gives (every replica of one volume has the same)."""

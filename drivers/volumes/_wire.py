@@ -39,7 +39,7 @@ READ_CHUNK = 1 << 20
 """Bytes asked of the stream per wake-up; the frames they complete are handled together."""
 
 OP_OPEN, OP_CLAIM, OP_WRITE, OP_READ, OP_FLUSH, OP_ZERO, OP_MEMBERS, OP_STATUS = 1, 2, 3, 4, 5, 6, 7, 8
-OP_ADOPT, OP_DIGEST, OP_EXTENTS, OP_FENCE = 9, 10, 11, 12
+OP_ADOPT, OP_DIGEST, OP_EXTENTS, OP_FENCE, OP_DROP = 9, 10, 11, 12, 13
 STATUS_OK, STATUS_ERROR, STATUS_FENCED = 0, 1, 2
 
 

@@ -4,7 +4,7 @@ the agent itself (and can be tested against a small stand-in)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from gossip import Member
 from nodeorch.core.placement import Assignment
@@ -44,3 +44,8 @@ class AgentView(Protocol):
     def desired_services(self) -> tuple[ServiceSpec, ...]: ...
 
     async def set_draining(self, draining: bool) -> None: ...
+
+    async def delete_volume(self, volume: str) -> dict[str, Any]:
+        """VolumeRequestError (with an HTTP status) when it cannot be done."""
+
+    async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]: ...

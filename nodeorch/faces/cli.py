@@ -29,6 +29,8 @@ from nodeorch.spec.node_config import DEFAULT_API, DEFAULT_CONFIG_PATH, ConfigFi
 from nodeorch.spec.secret_files import KeyringFileError, load_token
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+SALVAGE_TIMEOUT = 900.0
+"""A salvage copies the trusted replica onto the others: minutes for a big volume."""
 
 
 # Talking to an agent ------------------------------------------------------------------------------
@@ -146,6 +148,13 @@ async def run_query(args: argparse.Namespace) -> int:
             data = await call(api, "POST", f"/v1/{args.command}", token)
             print(json.dumps(data) if args.json else f"{data['node']}: draining {'on' if data['draining'] else 'off'}")
             return EXIT_OK
+        if args.command == "volume" and args.words[0] in ("delete", "salvage") and len(args.words) == 2:
+            return await run_volume_action(api, token, args)
+        if args.command == "volume":
+            if len(args.words) != 1:
+                print("nodeorch volume: expected NAME, delete NAME or salvage NAME --from NODE", file=sys.stderr)
+                return EXIT_USAGE
+            args.name = args.words[0]
         path = {"status": "/v1/status", "members": "/v1/members", "nodes": "/v1/nodes",
                 "services": "/v1/services", "volumes": "/v1/volumes", "volume": "/v1/volumes",
                 "jobs": "/v1/jobs"}[args.command]
@@ -168,6 +177,35 @@ async def run_query(args: argparse.Namespace) -> int:
             "services": show_services, "volumes": show_volumes, "jobs": show_jobs,
         }
         print(renderers[args.command](data))
+    return EXIT_OK
+
+
+async def run_volume_action(api: str, token: str, args: argparse.Namespace) -> int:
+    action, name = args.words
+    if action == "salvage":
+        if not args.trusted:
+            print("nodeorch volume salvage: --from NODE is required (the node whose replica to trust)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        data = await call(api, "POST", f"/v1/volumes/{name}/salvage", token, {"from": args.trusted},
+                          read_timeout=SALVAGE_TIMEOUT)
+        print(json.dumps(data) if args.json else f"{name}: salvaged from {data['from']}; its engine starts again\n"
+              f"{data['output']}")
+        return EXIT_OK
+    volume = await call(api, "GET", f"/v1/volumes/{name}", token)
+    holders = sorted({r["node"] for r in volume.get("replicas", [])})
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"nodeorch volume delete: deleting {name} destroys its data on {', '.join(holders) or 'no node'}; "
+                  "confirm with --yes", file=sys.stderr)
+            return EXIT_USAGE
+        answer = await asyncio.to_thread(
+            input, f"Delete volume {name} and its replicas on {', '.join(holders)}? Its data is lost. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not deleted", file=sys.stderr)
+            return EXIT_USAGE
+    data = await call(api, "POST", f"/v1/volumes/{name}/delete", token)
+    print(json.dumps(data) if args.json else f"{name}: deleted; {', '.join(data['nodes'])} drop their replicas")
     return EXIT_OK
 
 
@@ -274,7 +312,11 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("--since", type=int, default=0, help="only events after this seq")
     query("services", "desired services and their instances across the cluster")
     query("volumes", "desired volumes: state, replicas, engine, placement")
-    query("volume", "one volume in full").add_argument("name")
+    volume = query("volume", "one volume in full; `volume delete NAME`, `volume salvage NAME --from NODE`")
+    volume.add_argument("words", nargs="+", metavar="NAME | delete NAME | salvage NAME",
+                        help="a volume to show, or an action and the volume it acts on")
+    volume.add_argument("--from", dest="trusted", metavar="NODE", help="salvage: the node whose replica to trust")
+    volume.add_argument("--yes", action="store_true", help="delete: do not ask")
     query("jobs", "this node's job table")
     query("drain", "move this node's work away")
     query("undrain", "take work again")

@@ -26,9 +26,10 @@ class AgentProblem(NodeorchError):
 
 
 @asynccontextmanager
-async def agent_session(api: str, token: str = "") -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+async def agent_session(api: str, token: str = "", read_timeout: float = 30.0
+                        ) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
     """A session to the agent at `api` (HOST:PORT, http://..., or unix:/path) and the base URL."""
-    timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
+    timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_read=read_timeout)
     headers = {CUSTOM_HEADER: "cli"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -41,11 +42,13 @@ async def agent_session(api: str, token: str = "") -> AsyncIterator[tuple[aiohtt
         yield session, api if api.startswith("http") else f"http://{api}"
 
 
-async def call(api: str, method: str, path: str, token: str = "") -> Any:
-    """One request; the decoded JSON answer. Unreachable or AgentProblem otherwise."""
-    body = None if method.upper() in SAFE_METHODS else b"{}"
+async def call(api: str, method: str, path: str, token: str = "", payload: Any = None,
+               read_timeout: float = 30.0) -> Any:
+    """One request (with `payload` as its JSON body); the decoded JSON answer. Unreachable or
+    AgentProblem otherwise. `read_timeout`: how long the agent may work on it."""
+    body = None if method.upper() in SAFE_METHODS else json.dumps(payload or {}).encode()
     content = {"Content-Type": "application/json"} if body is not None else {}
-    async with agent_session(api, token) as (session, base):
+    async with agent_session(api, token, read_timeout) as (session, base):
         try:
             async with session.request(method, base + path, data=body, headers=content) as response:
                 raw = await response.read()

@@ -24,6 +24,7 @@ from nodeorch.faces.agent_view import AgentView
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
 from nodeorch.faces.volume_status import volumes_json
+from nodeorch.reconcile.volume_keeper import VolumeRequestError
 from nodeorch.spec.node_config import DEFAULT_API_PORT
 from nodeorch.state.node_document import decode_labels
 
@@ -144,6 +145,28 @@ async def volume(request: web.Request) -> web.Response:
     return _json({"error": f"no volume {name!r}: not desired and no node holds a replica of it"}, status=404)
 
 
+async def delete_volume(request: web.Request) -> web.Response:
+    await request.read()  # takes no body
+    try:
+        return _json(await request.app[AGENT].delete_volume(request.match_info["name"]))
+    except VolumeRequestError as error:
+        return _json({"error": str(error)}, status=error.status)
+
+
+async def salvage_volume(request: web.Request) -> web.Response:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return _json({"error": 'expected a JSON body: {"from": "NODE"}'}, status=400)
+    trusted = body.get("from") if isinstance(body, dict) else None
+    if not isinstance(trusted, str) or not trusted:
+        return _json({"error": '"from": the node whose replica to trust, is required'}, status=400)
+    try:
+        return _json(await request.app[AGENT].salvage_volume(request.match_info["name"], trusted))
+    except VolumeRequestError as error:
+        return _json({"error": str(error)}, status=error.status)
+
+
 async def jobs(request: web.Request) -> web.Response:
     return _json([job.to_json() for job in request.app[AGENT].jobs.jobs()])
 
@@ -240,6 +263,8 @@ def build_app(agent: AgentView, policy: RequestPolicy) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/drain", drain)
     app.router.add_post("/v1/undrain", undrain)
+    app.router.add_post("/v1/volumes/{name}/delete", delete_volume)
+    app.router.add_post("/v1/volumes/{name}/salvage", salvage_volume)
     return app
 
 

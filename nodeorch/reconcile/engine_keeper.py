@@ -81,12 +81,16 @@ class EngineKeeper:
         temp.replace(path)
         return True
 
-    def argv(self, order: EngineOrder) -> list[str]:
+    def volume_tool(self, command: str, *args: str) -> list[str]:
+        """argv of `python -m drivers.volumes COMMAND ARGS` with this cluster's credentials."""
         secret = ["--keyring", str(self._keyring)] if self._keyring is not None else ["--insecure"]
-        return [sys.executable, "-m", "drivers.volumes", "engine", "--volume", order.volume, "--size", str(order.size),
-                "--replicas-file", str(self._replicas(order.volume)), "--cluster", self._cluster,
-                *secret, "--listen", f"unix:{self.socket(order.volume)}", "--status-file",
-                str(self._status(order.volume)), "--replica-timeout", f"{order.replica_timeout:g}s"]
+        return [sys.executable, "-m", "drivers.volumes", command, *args, "--cluster", self._cluster, *secret]
+
+    def argv(self, order: EngineOrder) -> list[str]:
+        return self.volume_tool("engine", "--volume", order.volume, "--size", str(order.size),
+                                "--replicas-file", str(self._replicas(order.volume)),
+                                "--listen", f"unix:{self.socket(order.volume)}", "--status-file",
+                                str(self._status(order.volume)), "--replica-timeout", f"{order.replica_timeout:g}s")
 
     def running(self) -> dict[str, dict[str, Any]]:
         """The engines this node runs (adopted or started): volume -> their pid record."""

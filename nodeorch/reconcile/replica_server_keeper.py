@@ -108,7 +108,7 @@ class ReplicaServerKeeper:
             return tuple(ReplicaRecord(
                 volume=str(r["volume"]), size=int(r["size"]), mode=ReplicaMode.DETACHED, epoch=int(r["epoch"]),
                 set_epoch=int(r.get("set_epoch", r["epoch"])), set_version=int(r["set_version"]),
-                seq=int(r["seq"]), used=int(r.get("used", 0)),
+                seq=int(r["seq"]), used=int(r.get("used", 0)), volume_id=str(r.get("volume_id", "")),
             ) for r in status["replicas"])
         return ()
 

@@ -184,6 +184,8 @@ class ReplicaRecord:
     """Bytes allocated on disk (a sparse file holds only what was written)."""
     progress: float | None = None
     """0..1 while rebuilding."""
+    volume_id: str = ""
+    """Random per volume, the same in all its replicas: a new volume reusing a name has another."""
 
     @property
     def set_id(self) -> tuple[int, int]:
@@ -192,7 +194,7 @@ class ReplicaRecord:
     def to_wire(self) -> dict[str, Scalar]:
         return {"volume": self.volume, "size": self.size, "mode": self.mode.value, "epoch": self.epoch,
                 "set_epoch": self.set_epoch, "set_version": self.set_version, "seq": self.seq, "used": self.used,
-                "progress": None if self.progress is None else round(self.progress, 4)}
+                "progress": None if self.progress is None else round(self.progress, 4), "volume_id": self.volume_id}
 
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> ReplicaRecord:
@@ -202,8 +204,27 @@ class ReplicaRecord:
             mode=_enum(ReplicaMode, raw, "mode"), epoch=_field(raw, "epoch", (int,), 0),
             set_epoch=_field(raw, "set_epoch", (int,), 0), set_version=_field(raw, "set_version", (int,), 0),
             seq=_field(raw, "seq", (int,), 0), used=_field(raw, "used", (int,), 0),
-            progress=None if progress is None else float(progress),
+            progress=None if progress is None else float(progress), volume_id=_field(raw, "volume_id", (str,), ""),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeDeletion:
+    """An operator deleted a volume (`nodeorch volume delete`): every node drops its replicas of
+    it. By volume id, so a volume created later under the same name is not touched."""
+
+    volume: str
+    volume_id: str
+    at: float = 0.0
+    """Unix time of the deletion."""
+
+    def to_wire(self) -> dict[str, Scalar]:
+        return {"volume": self.volume, "volume_id": self.volume_id, "at": round(self.at, 3)}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> VolumeDeletion:
+        return cls(volume=_field(raw, "volume", (str,)), volume_id=_field(raw, "volume_id", (str,)),
+                   at=float(_field(raw, "at", (int, float), 0.0)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,6 +238,51 @@ async def test_draining_the_node_of_a_volume_service_moves_it_stop_first_with_it
             "one clean handover: the new engine fenced the old one's epoch once"
 
 
+WITH_OLD = DESIRED + f"""
+[[volume]]
+name = "old"
+size = "32MiB"
+
+[[service]]
+name = "old"
+command = {SLEEPER}
+volumes = [{{ volume = "old", path = "/old" }}]
+"""
+
+
+def replica_files(tmp_path: Path, agents: list[AgentProcess], volume: str) -> list[str]:
+    return [a.name for a in agents if (data_dir(tmp_path, a) / "volumes" / "replicas" / f"{volume}.meta").exists()]
+
+
+async def test_a_removed_volume_is_kept_until_deleted_and_then_dropped_on_every_node(tmp_path: Path) -> None:
+    async with agent_trio(tmp_path, WITH_OLD, expect=3) as agents:
+        await serving(agents, "healthy", 3)
+        await wait_until(lambda: len(replica_files(tmp_path, agents, "old")) == 3, 60)
+        (tmp_path / "desired.toml").write_text(DESIRED.replace("revision = 1", "revision = 2"))
+
+        def orphaned() -> dict[str, Any] | None:
+            entries: list[dict[str, Any]] = agents[0].cli_json("volumes")
+            old = next((v for v in entries if v["name"] == "old"), None)
+            return old if old and old["state"] == "orphaned" and old["engine"] is None else None
+
+        old = await wait_until(orphaned, 60)
+        assert len(old["replicas"]) == 3, "a volume removed from the file keeps its replicas"
+        assert not any(mount_of(tmp_path, a).with_name("old").exists()
+                       and mount_of(tmp_path, a).with_name("old").resolve() in mounts_under(mount_of(tmp_path, a))
+                       for a in agents), "and is detached"
+        refused = cli("volume", "delete", "db", "--yes", "--api", agents[0].api, env=agents[0].env)
+        assert refused.returncode != 0 and "in the desired state" in refused.stderr
+        unconfirmed = cli("volume", "delete", "old", "--api", agents[0].api, env=agents[0].env)
+        assert unconfirmed.returncode != 0 and "confirm with --yes" in unconfirmed.stderr
+        assert len(replica_files(tmp_path, agents, "old")) == 3
+        deleted = cli("volume", "delete", "old", "--yes", "--api", agents[0].api, env=agents[0].env)
+        assert deleted.returncode == 0, deleted.stderr
+        await wait_until(lambda: replica_files(tmp_path, agents, "old") == [], 30)
+        await wait_until(lambda: all(v["name"] != "old" for v in agents[2].cli_json("volumes")), 30)
+        assert replica_files(tmp_path, agents, "db") != [], "other volumes are untouched"
+        assert "volume.replica_deleted" in event_kinds(agents[1])
+
+
 async def test_each_node_keeps_its_replica_server_through_a_kill_and_an_agent_restart(tmp_path: Path) -> None:
     async with agent_trio(tmp_path, DESIRED, expect=3) as agents:
         async def all_servers() -> list[int] | None:

@@ -12,10 +12,12 @@ import pytest
 
 from drivers.volumes import _nbd
 from drivers.volumes._errors import Fenced, NoQuorum, ProtocolError, VolumeError
+from drivers.volumes._memory_store import MemoryStore
 from drivers.volumes._quorum import majority, plan_start
+from drivers.volumes._replica_service import ReplicaService, Store
 from drivers.volumes._sizes import parse_seconds, parse_size
 from drivers.volumes._store import ReplicaMeta, ReplicaStore
-from drivers.volumes._wire import FrameSplitter, encode_frame
+from drivers.volumes._wire import OP_DROP, OP_OPEN, OP_READ, STATUS_ERROR, STATUS_OK, FrameSplitter, encode_frame
 
 EXPORTS = {"db": 1 << 20}
 
@@ -180,3 +182,21 @@ def test_requests_and_frames_split_the_same_whatever_the_chunks() -> None:
         FrameSplitter().feed(struct.pack(">IQBH", 1 << 31, 1, 3, 0))
     with pytest.raises(ProtocolError, match="must be a table"):
         FrameSplitter().feed(encode_frame(1, 3, {})[:-1] + b"\x01")
+
+
+@pytest.mark.parametrize("kind", ["files", "memory"])
+def test_a_dropped_replica_is_gone_but_only_the_volume_id_named(kind: str, tmp_path: Path) -> None:
+    store: Store = ReplicaStore(tmp_path) if kind == "files" else MemoryStore()
+    service = ReplicaService(store)
+    status, answer, _ = service.answer(OP_OPEN, {"volume": "db", "size": 1 << 20, "create": True}, b"")
+    assert status == STATUS_OK
+    volume_id = answer["meta"]["volume_id"]
+    status, answer, _ = service.answer(OP_DROP, {"volume": "db", "volume_id": "another"}, b"")
+    assert status == STATUS_ERROR and "not another" in answer["error"], "a volume reusing the name is kept"
+    assert store.meta("db") is not None
+    assert service.answer(OP_DROP, {"volume": "db", "volume_id": volume_id}, b"")[1] == {"dropped": True}
+    assert store.meta("db") is None and store.volumes() == []
+    assert not list(tmp_path.iterdir()), "no file of it is left"
+    assert service.answer(OP_DROP, {"volume": "db", "volume_id": volume_id}, b"")[1] == {"dropped": False}
+    status, answer, _ = service.answer(OP_READ, {"volume": "db", "epoch": 0, "offset": 0, "length": 1}, b"")
+    assert status == STATUS_ERROR and "not open" in answer["error"]
