@@ -56,19 +56,25 @@ def _secrets(args: argparse.Namespace) -> Secrets:
     return Secrets(args.cluster, () if args.insecure else load_keys(Path(args.keyring)))
 
 
-async def _until_stopped(status: Callable[[], dict[str, Any]], status_file: str | None) -> None:
-    stop = asyncio.Event()
+async def _until_stopped(status: Callable[[], dict[str, Any]], status_file: str | None,
+                         stop: asyncio.Event | None = None) -> None:
+    """Until SIGTERM or SIGINT (or `stop` is set), rewriting the status file every second."""
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    while not stop.is_set():
+    def write_status() -> None:
         if status_file:
             # rewritten every second and only informative: no fsync
             document = {**status(), "updated_at": round(time.time(), 3)}
             write_atomically(Path(status_file), json.dumps(document).encode(), durable=False)
+
+    while not stop.is_set():
+        write_status()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_INTERVAL):
                 await stop.wait()
+    write_status()  # the last word: why it stopped, if it was fenced
 
 
 async def run_replica(args: argparse.Namespace) -> int:
@@ -112,9 +118,12 @@ async def run_engine(args: argparse.Namespace) -> int:
         async with NbdServer(engine, args.listen) as nbd:
             print(f"engine {args.volume}: serving NBD on {', '.join(nbd.addresses)}", file=sys.stderr, flush=True)
             await _until_stopped(lambda: {**engine.describe(), "nbd": nbd.addresses,
-                                          "drops": dict(nbd.drops)}, args.status_file)
+                                          "drops": dict(nbd.drops)}, args.status_file, engine.superseded)
     finally:
         await engine.close()
+    if engine.superseded.is_set():
+        print(f"engine {args.volume}: {engine.status.fault}; exiting", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,6 +20,7 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from secrets import token_hex
 from typing import Any
 
 from drivers.volumes._client import LinkFactory, ReplicaClient, ReplicaLink, ReplicaLost, Reply
@@ -140,6 +141,10 @@ class Engine:
         self._source: str | None = None
         """While members are resynced after an unclean stop: the member reads and copies come from."""
         self.rebuild_rate = rebuild_rate
+        self._id = token_hex(8)
+        """Written into each replica it fences, so its own fences are never taken for a newer engine's."""
+        self.superseded = asyncio.Event()
+        """Set when a newer engine (or a salvage) took the volume: this one will never serve again."""
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -254,7 +259,7 @@ class Engine:
         try:
             async with asyncio.timeout(self._timeout):
                 answer, _ = await self._clients[address].call(OP_FENCE, {"volume": self.status.volume,
-                                                                         "epoch": epoch})
+                                                                         "epoch": epoch, "engine": self._id})
             return ReplicaMeta.from_json(answer["meta"])
         except (VolumeError, TimeoutError, KeyError, TypeError) as error:
             log.warning("%s: fence of epoch %d on %s refused: %s", self.status.volume, epoch, address, error)
@@ -438,6 +443,7 @@ class Engine:
 
     def _fence(self, reason: str) -> None:
         self._fault(f"fenced: {reason}", recoverable=False)
+        self.superseded.set()
 
     def _fault(self, reason: str, recoverable: bool = True) -> None:
         """Stop serving: nothing more is acknowledged, and every request still waiting on a replica
@@ -464,10 +470,13 @@ class Engine:
             self._drop_session()
             try:
                 found = await self._found()
-                newest = max((m.epoch for m in found.values() if m is not None), default=0)
+                # epochs this engine fenced itself in earlier attempts are its own, not a newer engine's
+                newest = max((m.epoch for m in found.values() if m is not None and m.fenced_by != self._id),
+                             default=0)
                 if newest > served:
                     self.status.fault = f"fenced: a newer engine took the volume at epoch {newest}"
                     log.error("%s: %s; not recovering", self.status.volume, self.status.fault)
+                    self.superseded.set()
                     return
                 await self._take_over(found)
             except VolumeError as error:

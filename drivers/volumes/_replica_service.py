@@ -133,7 +133,10 @@ class ReplicaService:
             replica.zero(epoch, field(header, "offset", int), field(header, "length", int), field(header, "seq", int))
             return {}, b""
         if op == OP_FENCE:
-            before = replica.fence(epoch)
+            by = header.get("engine", "")
+            if not isinstance(by, str) or len(by) > 64:
+                raise ProtocolError("engine: expected a short string")
+            before = replica.fence(epoch, by)
             self._owner[replica.meta.volume] = session
             return {"meta": before.to_json()}, b""
         if op == OP_CLAIM:

@@ -44,6 +44,9 @@ class ReplicaMeta:
     set_epoch: int = -1
     """The epoch of the engine that wrote the member set (`epoch` may be higher: an engine that
     fenced this replica but has not written its set yet). -1 when built: the same as `epoch`."""
+    fenced_by: str = ""
+    """The engine that raised `epoch` (its random id): a recovering engine tells its own fences
+    from a newer engine's."""
 
     def __post_init__(self) -> None:
         if self.set_epoch < 0:
@@ -70,7 +73,7 @@ class ReplicaMeta:
             meta = cls(str(raw["volume"]), int(raw["size"]), str(raw["volume_id"]),  # type: ignore[call-overload]
                        int(raw["epoch"]), tuple(members), int(raw["set_version"]),  # type: ignore[call-overload]
                        int(raw["seq"]), bool(raw["clean"]),  # type: ignore[call-overload]
-                       int(raw.get("set_epoch", -1)))  # type: ignore[call-overload]
+                       int(raw.get("set_epoch", -1)), str(raw.get("fenced_by", "")))  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError, AssertionError) as error:
             raise VolumeError(f"replica metadata is damaged: {error!r}") from None
         return meta
@@ -188,14 +191,14 @@ class Replica:
         if self.meta.clean:
             self._save(replace(self.meta, clean=False))
 
-    def fence(self, epoch: int) -> ReplicaMeta:
+    def fence(self, epoch: int, by: str = "") -> ReplicaMeta:
         """A starting engine's first step: from now on lower epochs are refused, and nothing here
         changes until it writes its member set. Returns what the replica held just before (with
         the writes applied but not yet durable counted), which the engine then plans from."""
         if epoch <= self.meta.epoch:
             raise Fenced(f"{self.meta.volume}: epoch {epoch} does not exceed this replica's {self.meta.epoch}")
         before = replace(self.meta, seq=max(self.meta.seq, self.seq))
-        self._save(replace(self.meta, epoch=epoch))
+        self._save(replace(self.meta, epoch=epoch, fenced_by=by))
         return before
 
     def claim(self, epoch: int, members: tuple[str, ...], set_version: int, fenced_by_caller: bool = False) -> None:

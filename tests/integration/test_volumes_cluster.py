@@ -283,6 +283,35 @@ async def test_a_removed_volume_is_kept_until_deleted_and_then_dropped_on_every_
         assert "volume.replica_deleted" in event_kinds(agents[1])
 
 
+async def test_after_two_replica_disks_are_lost_salvage_from_the_survivor_serves_the_volume_again(
+        tmp_path: Path) -> None:
+    async with agent_trio(tmp_path, DESIRED, expect=3) as agents:
+        db = await serving(agents, "healthy", 3)
+        owner = next(a for a in agents if a.name == db["engine"]["node"])
+        await wait_until(lambda: mount_of(tmp_path, owner).resolve() in mounts_under(mount_of(tmp_path, owner)), 30)
+        write_synced(mount_of(tmp_path, owner) / "blob", os.urandom(1 << 20))
+        for lost in (a for a in agents if a is not owner):  # their disks die under running servers
+            for path in (data_dir(tmp_path, lost) / "volumes" / "replicas").iterdir():
+                path.unlink()
+            server = replica_server_pid(tmp_path, lost)
+            assert server is not None
+            os.kill(server, signal.SIGKILL)
+        await wait_until(lambda: volume(owner)["state"] == "faulted", 30)
+        await asyncio.sleep(4)
+        assert volume(owner)["state"] == "faulted", "one replica of three: never served without salvage"
+        wrong = cli("volume", "salvage", "db", "--api", owner.api, env=owner.env)
+        assert wrong.returncode != 0 and "--from NODE is required" in wrong.stderr
+        salvaged = cli("volume", "salvage", "db", "--from", owner.name, "--api", owner.api, env=owner.env,
+                       timeout=120)
+        assert salvaged.returncode == 0, salvaged.stdout + salvaged.stderr
+        healthy = await serving(agents, "healthy", 3)
+        assert healthy["engine"]["epoch"] > db["engine"]["epoch"]
+        images = {a.name: (data_dir(tmp_path, a) / "volumes" / "replicas" / "db.img").read_bytes() for a in agents}
+        assert len(set(images.values())) == 1, "every replica holds the survivor's data"
+        again = cli("volume", "salvage", "db", "--from", owner.name, "--api", owner.api, env=owner.env)
+        assert again.returncode != 0 and "salvage is only for a volume no engine can start" in again.stderr
+
+
 async def test_each_node_keeps_its_replica_server_through_a_kill_and_an_agent_restart(tmp_path: Path) -> None:
     async with agent_trio(tmp_path, DESIRED, expect=3) as agents:
         async def all_servers() -> list[int] | None:

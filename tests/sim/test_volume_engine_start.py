@@ -4,10 +4,12 @@ it plans from what its fence froze, never from an earlier look."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from drivers.volumes._client import ReplicaLink
 from drivers.volumes._engine import Engine
+from drivers.volumes._errors import VolumeError
 from drivers.volumes._simulation import MemoryLink, SimReplica, VirtualTimeLoop
 from drivers.volumes._wire import OP_READ, Secrets
 
@@ -109,3 +111,35 @@ async def restart_after(clean: bool) -> int:
 def test_a_clean_close_spares_the_next_engine_a_resync_and_a_crash_does_not() -> None:
     assert run(restart_after(clean=True)) == 0
     assert run(restart_after(clean=False)) == 2, "both other members are made equal to the source"
+
+
+async def faulted_for_several_recovery_attempts() -> dict[str, Any]:
+    replicas = {f"r{i}:1": SimReplica(f"r{i}:1") for i in range(3)}
+
+    def link(address: str, on_lost: Any) -> ReplicaLink:
+        return MemoryLink(replicas[address], on_lost)
+
+    engine = Engine("vol", SIZE, list(replicas), Secrets("sim", ()), replica_timeout=2.0, links=link)
+    await engine.start()
+    await engine.write(0, b"\x07" * BLOCK, fua=True)
+    replicas["r1:1"].partition()
+    replicas["r2:1"].partition()
+    with contextlib.suppress(VolumeError):
+        await engine.write(0, b"\x08" * BLOCK, fua=True)
+    faulted = engine.status.fault
+    await asyncio.sleep(9)  # several recovery attempts, each fencing the one replica it reaches
+    replicas["r1:1"].heal()
+    replicas["r2:1"].heal()
+    await asyncio.sleep(6)
+    result = {"faulted": faulted, "fault_after": engine.status.fault, "epoch": engine.status.epoch,
+              "read": await engine.read(0, BLOCK) if not engine.status.fault else b""}
+    await engine.close()
+    return result
+
+
+def test_an_engine_faulted_through_several_recovery_attempts_serves_again_after_the_heal() -> None:
+    """Its own fences of the replica it still reached are not mistaken for a newer engine's."""
+    result = run(faulted_for_several_recovery_attempts())
+    assert result["faulted"], "two of three replicas gone: no more acknowledgements"
+    assert result["fault_after"] == "" and result["epoch"] > 1
+    assert result["read"] in (b"\x07" * BLOCK, b"\x08" * BLOCK)
