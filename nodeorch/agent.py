@@ -283,6 +283,7 @@ class Agent:
                             labels=dict(self.config.node.labels), api=self.config.api.listen,
                             replica_addr=self._replica_address(),
                             attach_error=volumes.attach_error if volumes else "",
+                            max_rebuilds=self.config.volumes.max_concurrent_rebuilds,
                             deletions=volumes.deletions if volumes else ())
 
     async def publish(self, **sections: Any) -> None:
@@ -343,6 +344,9 @@ class Agent:
         are shown and can be deleted)."""
         replicas = self.config.node.data_dir / "volumes" / "replicas"
         return bool(self.desired.state and self.desired.state.volumes) or any(replicas.glob("*.meta"))
+
+    def engine_io(self) -> dict[str, dict[str, int]]:
+        return self._volumes.engines.io() if self._volumes else {}
 
     async def publish_deletions(self, deletions: tuple[VolumeDeletion, ...]) -> None:
         await self.publish(deletions=deletions)

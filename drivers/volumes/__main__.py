@@ -7,7 +7,8 @@
     salvage --volume NAME --size SIZE --replica HOST:PORT [...] --from HOST:PORT [--keyring FILE | --insecure]
     drop --volume NAME --volume-id ID --replica HOST:PORT [--keyring FILE | --insecure]
 
-With --replicas-file (one HOST:PORT per line), SIGHUP makes a running engine read it again and
+With --replicas-file (one HOST:PORT per line, followed by `hold` for a replica whose rebuild must
+wait: it counts for the majority but is not copied to yet), SIGHUP makes a running engine read it again and
 serve on the new list without stopping: new replicas are rebuilt online, dropped ones ejected.
 
 `drop` deletes one replica for good (`--replica` names its server, `--volume-id` the volume), as
@@ -87,25 +88,38 @@ async def run_replica(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replica_list(args: argparse.Namespace) -> list[str]:
+def _replica_list(args: argparse.Namespace) -> tuple[list[str], set[str]]:
+    """The replicas, and those whose rebuild must wait (marked `hold` in --replicas-file)."""
     if bool(args.replica) == bool(args.replicas_file):
         raise VolumeError("give either --replica (once per replica) or --replicas-file")
     if args.replica:
-        return list(args.replica)
-    return [line.strip() for line in Path(args.replicas_file).read_text().splitlines() if line.strip()]
+        return list(args.replica), set()
+    replicas, held = [], set()
+    for line in Path(args.replicas_file).read_text().splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if len(words) > 2 or (len(words) == 2 and words[1] != "hold"):
+            raise VolumeError(f"{args.replicas_file}: {line!r}: expected HOST:PORT [hold]")
+        replicas.append(words[0])
+        if len(words) == 2:
+            held.add(words[0])
+    return replicas, held
 
 
 def _reload_replicas(engine: Engine, args: argparse.Namespace) -> None:
     """SIGHUP: serve on the list in --replicas-file now; a bad file is reported and changes nothing."""
     try:
-        engine.reconfigure(_replica_list(args))
+        engine.reconfigure(*_replica_list(args))
     except (OSError, VolumeError) as error:
         log.error("%s: replicas not changed: %s", args.volume, getattr(error, "strerror", None) or error)
 
 
 async def run_engine(args: argparse.Namespace) -> int:
-    engine = Engine(args.volume, parse_size(args.size), _replica_list(args), _secrets(args),
+    replicas, held = _replica_list(args)
+    engine = Engine(args.volume, parse_size(args.size), replicas, _secrets(args),
                     parse_seconds(args.replica_timeout), parse_size(args.rebuild_rate))
+    engine.held = frozenset(held)
     if args.replicas_file:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_replicas, engine, args)
     try:

@@ -17,8 +17,9 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from dataclasses import dataclass, field, replace
 from secrets import token_hex
 from typing import Any
@@ -78,6 +79,8 @@ class EngineStatus:
     fault: str = ""
     io: Counter[str] = field(default_factory=Counter)
     rebuilds: dict[str, RebuildProgress] = field(default_factory=dict)
+    rebuilt: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=16))
+    """The last rebuilds that completed (replica, bytes sent, when)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"volume": self.volume, "size": self.size, "epoch": self.epoch, "set_version": self.set_version,
@@ -85,7 +88,8 @@ class EngineStatus:
                 "state": "faulted" if self.fault else ("healthy" if len(self.members) == len(self.configured)
                                                         else "degraded"),
                 "fault": self.fault or None, "io": dict(self.io),
-                "rebuilds": {address: r.to_json() for address, r in self.rebuilds.items()}}
+                "rebuilds": {address: r.to_json() for address, r in self.rebuilds.items()},
+                "rebuilt": list(self.rebuilt)}
 
 
 class _Tally:
@@ -143,6 +147,8 @@ class Engine:
         self.rebuild_rate = rebuild_rate
         self._id = token_hex(8)
         """Written into each replica it fences, so its own fences are never taken for a newer engine's."""
+        self.held: frozenset[str] = frozenset()
+        """Replicas whose rebuild waits for a free slot (the agent limits rebuilds per node)."""
         self.superseded = asyncio.Event()
         """Set when a newer engine (or a salvage) took the volume: this one will never serve again."""
 
@@ -154,7 +160,7 @@ class Engine:
         """The status plus, per replica written to, how many requests it has not answered yet
         (a replica falling behind shows here before its timeout ejects it)."""
         written = [*self.members, *sorted(self._write_only)]
-        return {**self.status.to_json(),
+        return {**self.status.to_json(), "held": sorted(self.held),
                 "outstanding": {a: self._clients[a].outstanding for a in written if a in self._clients}}
 
     # Start ------------------------------------------------------------------------------------------
@@ -591,15 +597,17 @@ class Engine:
 
     # Repair -----------------------------------------------------------------------------------------
 
-    def reconfigure(self, replicas: list[str]) -> None:
+    def reconfigure(self, replicas: list[str], held: Collection[str] = ()) -> None:
         """Serve on another list of replica servers without stopping (a lost replica replaced by a
         new one): added ones are rebuilt by the repair loop and join the member set when whole;
         members no longer listed are ejected (the member-set version is raised on the rest), and
-        rebuilds of the others stop. The majority is counted on the new list from now on."""
+        rebuilds of the others stop. The majority is counted on the new list from now on.
+        `held`: replicas whose rebuild must wait (they count for the majority all the same)."""
         if not replicas or len(set(replicas)) != len(replicas):
             raise VolumeError("the new replica list must name at least one replica, each once")
         new = tuple(replicas)
         removed = [a for a in self.status.configured if a not in new]
+        self.held = frozenset(held) & set(new)
         if new == self.status.configured:
             return
         log.info("%s: replicas now %s (%s no longer)", self.status.volume, ", ".join(new),
@@ -624,7 +632,8 @@ class Engine:
         while not self.status.fault:
             await asyncio.sleep(REPAIR_INTERVAL)
             for address in self.status.configured:
-                if address in self.members or address in self._rebuilds or address in self._ejecting:
+                if address in self.members or address in self._rebuilds or address in self._ejecting \
+                        or address in self.held:
                     continue
                 try:
                     meta = await self._open(address)
@@ -665,6 +674,7 @@ class Engine:
             await self._promote(address)
             log.info("%s: %s rebuilt (%d bytes sent) and back in the member set", self.status.volume, address,
                      progress.sent)
+            self.status.rebuilt.append({**progress.to_json(), "replica": address, "at": round(time.time(), 3)})
         except (VolumeError, TimeoutError, ExceptionGroup) as error:
             log.warning("%s: rebuild of %s stopped: %s", self.status.volume, address, error)
             self._write_only.discard(address)

@@ -45,6 +45,9 @@ class AgentView(Protocol):
 
     async def set_draining(self, draining: bool) -> None: ...
 
+    def engine_io(self) -> dict[str, dict[str, int]]:
+        """volume -> the I/O counters of its engine, for the engines running on this node."""
+
     async def delete_volume(self, volume: str) -> dict[str, Any]:
         """VolumeRequestError (with an HTTP status) when it cannot be done."""
 

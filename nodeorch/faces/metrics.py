@@ -83,6 +83,24 @@ def _volumes(out: _Writer, agent: AgentView) -> None:
     for volume in volumes:
         if "wanted" in volume:
             out.sample("nodeorch_volume_replicas_wanted", volume["wanted"], volume=volume["name"])
+    out.family("nodeorch_volume_healthy_replicas", "gauge", "Replicas in the member set of each volume's engine")
+    for volume in volumes:
+        if volume["engine"] is not None:
+            out.sample("nodeorch_volume_healthy_replicas", len(volume["engine"]["members"]), volume=volume["name"])
+    io = agent.engine_io()
+    out.family("nodeorch_volume_io_operations_total", "counter",
+               "Block requests served by the engines on this node, by operation")
+    for name, counters in sorted(io.items()):
+        for op, key in (("read", "read_ops"), ("write", "write_ops"), ("flush", "flushes")):
+            out.sample("nodeorch_volume_io_operations_total", counters.get(key, 0), volume=name, op=op)
+    out.family("nodeorch_volume_io_bytes_total", "counter", "Bytes read and written through the engines on this node")
+    for name, counters in sorted(io.items()):
+        for direction, key in (("read", "read_bytes"), ("written", "write_bytes")):
+            out.sample("nodeorch_volume_io_bytes_total", counters.get(key, 0), volume=name, direction=direction)
+    out.family("nodeorch_volume_rebuild_bytes_total", "counter",
+               "Bytes copied to rebuild replicas by the engines on this node")
+    for name, counters in sorted(io.items()):
+        out.sample("nodeorch_volume_rebuild_bytes_total", counters.get("rebuild_bytes", 0), volume=name)
     out.family("nodeorch_replica_used_bytes", "gauge", "Bytes the replicas this node holds take on disk")
     own = agent.documents.get(agent.name)
     for replica in own.replicas if own else ():

@@ -11,11 +11,25 @@ from nodeorch.state.records import EngineRecord, EngineState, ReplicaMode, Repli
 
 def _state(engine: EngineRecord | None, held: list[ReplicaRecord]) -> str:
     if engine is not None:
-        if engine.state in (EngineState.HEALTHY, EngineState.DEGRADED) and any(
-                r.mode is ReplicaMode.REBUILDING for r in held):
+        if engine.state in (EngineState.HEALTHY, EngineState.DEGRADED) and (engine.rebuilds or any(
+                r.mode is ReplicaMode.REBUILDING for r in held)):
             return "rebuilding"
         return engine.state.value
     return "detached" if held else "pending"
+
+
+def _mode(node: str, replica: ReplicaRecord, engine: EngineRecord | None) -> tuple[str, float | None]:
+    """A replica's mode and rebuild progress, as its volume's engine sees it when one runs."""
+    if engine is not None and engine.state is not EngineState.STARTING:
+        progress = dict(engine.rebuilds).get(node)
+        if progress is not None:
+            return ReplicaMode.REBUILDING.value, progress
+        if node in engine.held:
+            return "waiting", None
+        if node in engine.members:
+            return ReplicaMode.MEMBER.value, None
+        return ReplicaMode.STALE.value, None
+    return replica.mode.value, replica.progress
 
 
 def volumes_json(agent: AgentView) -> list[dict[str, Any]]:
@@ -37,9 +51,10 @@ def volumes_json(agent: AgentView) -> list[dict[str, Any]]:
             "state": "orphaned" if not desired else _state(engine[1] if engine else None, [r for _, r in replicas]),
             "engine": None if engine is None else {"node": engine[0], "state": engine[1].state.value,
                                                    "epoch": engine[1].epoch, "members": list(engine[1].members)},
-            "replicas": [{"node": node, "mode": r.mode.value, "epoch": r.epoch, "set_version": r.set_version,
-                          "used": r.used, "progress": r.progress, "node_down": agent.stale(node)}
-                         for node, r in replicas],
+            "replicas": [{"node": node, "mode": mode, "epoch": r.epoch, "set_version": r.set_version,
+                          "used": r.used, "progress": progress, "node_down": agent.stale(node)}
+                         for node, r in replicas
+                         for mode, progress in [_mode(node, r, engine[1] if engine else None)]],
         }
 
     plans = {p.volume: p for p in agent.volume_plans()}

@@ -71,7 +71,7 @@ class EngineKeeper:
     def _write_replicas(self, order: EngineOrder) -> bool:
         """Write the order's replica list beside the engine; True if it changed."""
         path = self._replicas(order.volume)
-        text = "".join(f"{address}\n" for address in order.replicas)
+        text = "".join(f"{address}{' hold' if address in order.held else ''}\n" for address in order.replicas)
         with contextlib.suppress(OSError):
             if path.read_text() == text:
                 return False
@@ -148,16 +148,41 @@ class EngineKeeper:
         return status is not None and status.get("state") in (EngineState.HEALTHY.value, EngineState.DEGRADED.value) \
             and volume in self.running()
 
+    def io(self) -> dict[str, dict[str, int]]:
+        """volume -> the I/O counters of its engine running here (operations and bytes read and
+        written, flushes, rebuild bytes...), while its status is fresh."""
+        counters = {}
+        for volume in self.running():
+            status = read_fresh_status(self._status(volume))
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                if status is not None:
+                    counters[volume] = {str(k): int(v) for k, v in status["io"].items()}
+        return counters
+
+    def rebuilt(self, node_of: Mapping[str, str]) -> list[tuple[str, str, float]]:
+        """(volume, node, when) of the last rebuilds the engines here completed."""
+        done = []
+        for volume in self.running():
+            status = read_fresh_status(self._status(volume))
+            with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
+                for entry in status["rebuilt"] if status is not None else ():
+                    done.append((volume, node_of.get(entry["replica"], entry["replica"]), float(entry["at"])))
+        return done
+
     def records(self, node_of: Mapping[str, str]) -> tuple[EngineRecord, ...]:
         """What each running engine's status file says, while fresh; `node_of` names the node of
         each replica address."""
         records = []
         for volume in self.running():
             status = read_fresh_status(self._status(volume))
-            with contextlib.suppress(TypeError, ValueError, KeyError):
+            with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
                 if status is not None:
                     members = tuple(node_of.get(a, a) for a in status["members"])
-                    records.append(EngineRecord(volume, EngineState(status["state"]), int(status["epoch"]), members))
+                    rebuilds = tuple((node_of.get(a, a), round(float(r["progress"]), 2))
+                                     for a, r in status["rebuilds"].items())
+                    held = tuple(node_of.get(a, a) for a in status.get("held", ()))
+                    records.append(EngineRecord(volume, EngineState(status["state"]), int(status["epoch"]), members,
+                                                rebuilds, held))
                     self._backoff.succeeded(volume)
                     continue
             records.append(EngineRecord(volume, EngineState.STARTING))

@@ -32,6 +32,7 @@ from gossip import Member
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.errors import NodeorchError
 from nodeorch.reconcile.engine_keeper import EngineKeeper
+from nodeorch.reconcile.job_table import Job, JobTable
 from nodeorch.reconcile.volume_plan import EngineOrder, VolumeView, engine_events, engine_orders, volume_view
 from nodeorch.spec.desired import DesiredState
 from nodeorch.spec.volume_spec import VolumeSpec, volume_for_slot
@@ -68,6 +69,7 @@ class VolumeHost(Protocol):
 
     name: str
     events: EventLog
+    jobs: JobTable
 
     @property
     def documents(self) -> Mapping[str, NodeDocument]: ...
@@ -107,6 +109,9 @@ class VolumeKeeper:
         self._replica_server = replica_server
         self.deletions = self._load_deletions()
         self._dropped: set[tuple[str, str]] = set()
+        self._rebuild_jobs: dict[tuple[str, str], Job] = {}
+        self._seen_rebuilt: set[tuple[str, str, float]] = set()
+        self._started_at = time.time()
         self._attacher = attacher
         self.attach_error = attach_error
         """Why this node cannot attach volumes ("" when it can)."""
@@ -175,12 +180,39 @@ class VolumeKeeper:
         attached = await self._detach_unused(orders, desired)
         await self._drop_deleted(desired)
         await self.engines.reconcile(orders, attached)
-        records = self.engines.records({address: node for node, address in view.addresses.items()})
+        node_of = {address: node for node, address in view.addresses.items()}
+        records = self.engines.records(node_of)
+        self._follow_rebuilds(records, self.engines.rebuilt(node_of))
         if records != self._published:
             for kind, fields in engine_events(self._published, records):
                 self._host.events.append(kind, node=self._host.name, **fields)
             self._published = records
             await self._host.publish_engines(records)
+
+    def _follow_rebuilds(self, records: tuple[EngineRecord, ...], rebuilt: list[tuple[str, str, float]]) -> None:
+        """Each rebuild an engine here runs is a job in /v1/jobs with its progress (one that ended
+        between two looks too); one that ends with the replica whole is `volume.rebuilt`."""
+        now = time.time()
+        current = {(e.volume, node): progress for e in records for node, progress in e.rebuilds}
+        for volume, node, at in rebuilt:
+            if (volume, node, at) in self._seen_rebuilt or at < self._started_at:
+                continue
+            self._seen_rebuilt.add((volume, node, at))
+            job = self._rebuild_jobs.pop((volume, node), None) or self._rebuild_job(volume, node, now)
+            job.progress = 1.0
+            self._host.jobs.finish(job, now)
+            self._host.events.append("volume.rebuilt", node=node, volume=volume)
+        for key, progress in current.items():
+            if key not in self._rebuild_jobs:
+                self._rebuild_jobs[key] = self._rebuild_job(*key, now)
+            self._rebuild_jobs[key].progress = progress
+        for key in [k for k in self._rebuild_jobs if k not in current]:
+            self._host.jobs.finish(self._rebuild_jobs.pop(key), now, "stopped before the end; the engine tries again")
+
+    def _rebuild_job(self, volume: str, node: str, now: float) -> Job:
+        job = self._host.jobs.add("rebuild", f"{volume} on {node}", now)
+        self._host.jobs.mark_running(job, now)
+        return job
 
     # Delete and salvage -------------------------------------------------------------------------
 

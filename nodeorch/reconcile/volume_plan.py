@@ -29,6 +29,8 @@ class EngineOrder:
     replicas: tuple[str, ...]
     """HOST:PORT of each replica server, this node's first (reads prefer it)."""
     replica_timeout: float = 8.0
+    held: tuple[str, ...] = ()
+    """Replicas (HOST:PORT) whose rebuild waits for a free slot (max_concurrent_rebuilds)."""
 
 
 def shape(volume: VolumeSpec) -> VolumeShape:
@@ -105,6 +107,12 @@ class VolumeView:
     """"service/slot" -> node, for the slots of services that use volumes (see volume_slots)."""
     placed: dict[str, str]
     """volume -> the node that must run its engine."""
+    engine_records: dict[str, EngineRecord]
+    """volume -> what its engine (the one `engines` names) reports."""
+    rebuilding: dict[str, int]
+    """node -> rebuilds it takes part in now, as the engine's node or as the target."""
+    max_rebuilds: dict[str, int]
+    """node -> its max_concurrent_rebuilds."""
 
 
 def volume_view(volumes: Iterable[VolumeSpec], services: Collection[ServiceSpec], members: Collection[Member],
@@ -118,10 +126,16 @@ def volume_view(volumes: Iterable[VolumeSpec], services: Collection[ServiceSpec]
     nodes = [replace(n, alive=True, suspect=True) if n.name in away else n for n in node_views(members, documents)]
     reported = {name: document.replicas for name, document in documents.items()}
     reports: dict[str, tuple[int, str]] = {}
+    records: dict[tuple[str, str], EngineRecord] = {}
+    rebuilding: dict[str, int] = {}
     for name, document in documents.items():
         if name in counted:
             for engine in document.engines:
                 reports[engine.volume] = max(reports.get(engine.volume, (-1, "")), (engine.epoch, name))
+                records[(engine.volume, name)] = engine
+                for target, _ in engine.rebuilds:
+                    rebuilding[target] = rebuilding.get(target, 0) + 1
+                    rebuilding[name] = rebuilding.get(name, 0) + 1
     for volume in own_engines:
         reports.setdefault(volume, (0, me))
     sites = replica_sites(reported)
@@ -132,7 +146,9 @@ def volume_view(volumes: Iterable[VolumeSpec], services: Collection[ServiceSpec]
     slots = volume_slots(services, attaching, sites, engines)
     return VolumeView(nodes, reported, engines, {p.volume: p for p in plans},
                       {name: d.replica_addr for name, d in documents.items() if d.replica_addr},
-                      slots, engine_nodes(services, slots))
+                      slots, engine_nodes(services, slots),
+                      {v: records[(v, node)] for v, node in engines.items() if (v, node) in records},
+                      rebuilding, {name: d.max_rebuilds for name, d in documents.items()})
 
 
 def engine_orders(view: VolumeView, volumes: Iterable[VolumeSpec], me: str) -> dict[str, EngineOrder]:
@@ -141,15 +157,39 @@ def engine_orders(view: VolumeView, volumes: Iterable[VolumeSpec], me: str) -> d
     that counts still runs a volume's engine, it is not ordered here (that node unmounts, flushes
     and stops it first; a dead node's is fenced by the new engine instead)."""
     orders = {}
-    for volume in volumes:
+    busy = dict(view.rebuilding)
+    for volume in sorted(volumes, key=lambda v: v.name):
         plan = view.plans.get(volume.name)
         if view.placed.get(volume.name) != me or plan is None or view.engines.get(volume.name, me) != me:
             continue
-        holders = sorted(plan.nodes, key=lambda n: (n != me, n))
-        addresses = tuple(view.addresses[n] for n in holders if n in view.addresses)
-        if addresses:
-            orders[volume.name] = EngineOrder(volume.name, volume.size, addresses, volume.replica_timeout)
+        holders = [n for n in sorted(plan.nodes, key=lambda n: (n != me, n)) if n in view.addresses]
+        if not holders:
+            continue
+        held = _held_rebuilds(view.engine_records.get(volume.name), holders, me, busy, view.max_rebuilds)
+        orders[volume.name] = EngineOrder(volume.name, volume.size, tuple(view.addresses[n] for n in holders),
+                                          volume.replica_timeout, tuple(view.addresses[n] for n in held))
     return orders
+
+
+def _held_rebuilds(engine: EngineRecord | None, holders: list[str], me: str, busy: dict[str, int],
+                   limits: Mapping[str, int]) -> list[str]:
+    """The holders whose rebuild must wait: a rebuild to start (a holder neither in the running
+    engine's member set nor being rebuilt) takes a slot on the target and on this node, and waits
+    while either has max_concurrent_rebuilds under way (`busy`, counted from every document and
+    updated here as slots are given)."""
+    if engine is None or engine.state is EngineState.STARTING:
+        return []  # a starting engine copies what it must from the start
+    rebuilding = {node for node, _ in engine.rebuilds}
+    held = []
+    for node in holders:
+        if node in engine.members or node in rebuilding:
+            continue
+        if busy.get(node, 0) >= limits.get(node, 2) or busy.get(me, 0) >= limits.get(me, 2):
+            held.append(node)
+            continue
+        busy[node] = busy.get(node, 0) + 1
+        busy[me] = busy.get(me, 0) + 1
+    return held
 
 
 def engine_events(before: Iterable[EngineRecord], after: Iterable[EngineRecord]) -> list[tuple[str, dict[str, Any]]]:

@@ -54,6 +54,8 @@ class NodeDocument:
     api: str = ""
     replica_addr: str = ""
     """HOST:PORT of this node's replica server, for the engines of other nodes."""
+    max_rebuilds: int = 2
+    """This node's max_concurrent_rebuilds: rebuilds it may take part in at once, as source or target."""
     attach_error: str = ""
     """Why this node cannot attach volumes (not root, a tool missing), or "" when it can: the
     instances of volume services are placed only on nodes that can."""
@@ -84,6 +86,7 @@ class NodeDocument:
             "api": self.api,
             "replica_addr": self.replica_addr,
             "attach_error": self.attach_error,
+            "max_rebuilds": self.max_rebuilds,
             "updated_at": self.updated_at,
             "instances": [r.to_wire() for r in self.instances],
             "replicas": [r.to_wire() for r in self.replicas],
@@ -97,7 +100,7 @@ _FIELDS = {
     "n": "name", "v": "version", "b": "boot_id", "av": "agent_version", "l": "labels", "d": "draining",
     "dr": "desired_revision", "dd": "desired_digest", "de": "desired_error", "api": "api", "ra": "replica_addr",
     "ae": "attach_error", "u": "updated_at", "i": "instances", "r": "replicas", "e": "engines", "h": "health",
-    "x": "deletions",
+    "x": "deletions", "mr": "max_rebuilds",
 }
 _KEYS = {v: k for k, v in _FIELDS.items()}
 
@@ -165,6 +168,8 @@ def decode_document(data: bytes) -> NodeDocument:
     _check(type(labels) is dict and all(type(k) is str and type(v) is str for k, v in labels.items()),
            "labels: expected a table of strings")
     _check(type(values.get("draining", False)) is bool, "draining: expected a boolean")
+    _check(type(values.get("max_rebuilds", 2)) is int and values.get("max_rebuilds", 2) >= 1,
+           "max_rebuilds: expected a positive integer")
     revision = values.get("desired_revision")
     _check(revision is None or type(revision) is int, "desired_revision: expected an integer")
     updated = values.get("updated_at", 0.0)

@@ -236,16 +236,40 @@ class EngineRecord:
     epoch: int = 0
     members: tuple[str, ...] = ()
     """The nodes whose replicas are in its member set."""
+    rebuilds: tuple[tuple[str, float], ...] = ()
+    """(node, progress 0..1) of each replica it is rebuilding."""
+    held: tuple[str, ...] = ()
+    """Nodes whose rebuild waits for a free slot (max_concurrent_rebuilds)."""
 
     def to_wire(self) -> dict[str, Scalar]:
         return {"volume": self.volume, "state": self.state.value, "epoch": self.epoch,
-                "members": ",".join(self.members)}
+                "members": ",".join(self.members),
+                "rebuilds": ",".join(f"{node}={progress:.2f}" for node, progress in self.rebuilds),
+                "held": ",".join(self.held)}
 
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> EngineRecord:
         members = _field(raw, "members", (str,), "")
         return cls(volume=_field(raw, "volume", (str,)), state=_enum(EngineState, raw, "state"),
-                   epoch=_field(raw, "epoch", (int,), 0), members=tuple(m for m in members.split(",") if m))
+                   epoch=_field(raw, "epoch", (int,), 0), members=tuple(m for m in members.split(",") if m),
+                   rebuilds=tuple((node, float(value)) for node, value in _pairs(raw, "rebuilds")),
+                   held=tuple(n for n in _field(raw, "held", (str,), "").split(",") if n))
+
+
+def _pairs(raw: Mapping[str, Any], key: str) -> list[tuple[str, str]]:
+    """NAME=VALUE,NAME=VALUE; RecordError naming the key if malformed."""
+    text = _field(raw, key, (str,), "")
+    pairs = []
+    for item in text.split(",") if text else ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise RecordError(f"{key}: expected NAME=VALUE items")
+        try:
+            float(value)
+        except ValueError:
+            raise RecordError(f"{key}: {value!r} is not a number") from None
+        pairs.append((name, value))
+    return pairs
 
 
 def decode_records(raws: tuple[Mapping[str, Any], ...], decode: Callable[[Mapping[str, Any]], T],

@@ -356,7 +356,10 @@ async def test_a_lost_replica_is_replaced_after_replenish_wait_and_rebuilt(tmp_p
         again = read_record(data_dir(tmp_path, owner) / "volumes" / "engines" / "db.json")
         assert engine is not None and again is not None and again["pid"] == engine["pid"], \
             "the engine took the new replica while serving, not by starting again"
-        assert {"volume.degraded", "volume.healthy"} <= set(event_kinds(owner))
+        assert {"volume.degraded", "volume.rebuilt", "volume.healthy"} <= set(event_kinds(owner))
+        rebuilds = [j for j in owner.cli_json("jobs") if j["kind"] == "rebuild"]
+        assert [(j["target"], j["state"], j["progress"]) for j in rebuilds] == [
+            (f"db on {spare.name}", "succeeded", 1.0)], "the rebuild is a job in /v1/jobs"
         assert (mount_of(tmp_path, owner) / "blob").read_bytes() == data
 
 

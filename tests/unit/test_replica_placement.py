@@ -218,3 +218,40 @@ def test_engine_events_name_degradation_faults_and_recovery_but_not_starts() -> 
         "volume.degraded"]
     kind, fields = engine_events(report(EngineState.FAULTED), report(EngineState.HEALTHY))[0]
     assert kind == "volume.healthy" and fields == {"volume": "db", "epoch": 4, "members": ["a", "b"]}
+
+
+TWO_VOLUMES = (b'revision = 1\n'
+               b'[[volume]]\nname = "a"\nsize = "1GiB"\nreplicas = 2\n'
+               b'[[volume]]\nname = "b"\nsize = "1GiB"\nreplicas = 2\n'
+               b'[[service]]\nname = "a"\ncommand = ["x"]\nvolumes = [{ volume = "a", path = "/d" }]\n'
+               b'[[service]]\nname = "b"\ncommand = ["x"]\nvolumes = [{ volume = "b", path = "/d" }]\n')
+
+
+def test_rebuilds_wait_for_a_free_slot_on_the_target_and_on_the_engine_node() -> None:
+    desired = parse_desired(TWO_VOLUMES)
+    alive = [member(n, MemberState.ALIVE) for n in ("n1", "n2", "n3")]
+    replica = {v: ReplicaRecord(v, 1 << 30, ReplicaMode.MEMBER, 1, 1, 1) for v in "ab"}
+    engines = tuple(EngineRecord(v, EngineState.DEGRADED, 2, ("n1",)) for v in "ab")  # each lost its 2nd replica
+    documents = {"n1": NodeDocument("n1", 1, "x", replicas=(replica["a"], replica["b"]), engines=engines,
+                                    replica_addr="10.0.0.1:7948", max_rebuilds=1),
+                 "n2": NodeDocument("n2", 1, "x", replica_addr="10.0.0.2:7948"),
+                 "n3": NodeDocument("n3", 1, "x", replica_addr="10.0.0.3:7948")}
+    view = volume_view(desired.volumes, desired.services, alive, documents, "n1", (), now=100.0)
+    assert view.placed == {"a": "n1", "b": "n1"}
+    orders = engine_orders(view, desired.volumes, "n1")
+    waiting = [o for o in orders.values() if o.held]
+    assert len(waiting) == 1 and len(orders) == 2, "n1 takes part in one rebuild at a time (max_rebuilds = 1)"
+    started = next(o for o in orders.values() if not o.held)
+    target = next(n for n in ("n2", "n3") if f"10.0.0.{n[1]}:7948" in started.replicas and n != "n1")
+    busy = {**documents, "n1": documents["n1"].replace(engines=tuple(
+        EngineRecord(e.volume, e.state, e.epoch, e.members, rebuilds=((target, 0.3),) if e.volume == started.volume
+                     else ()) for e in engines))}
+    view = volume_view(desired.volumes, desired.services, alive, busy, "n1", (), now=100.0)
+    again = engine_orders(view, desired.volumes, "n1")
+    assert again[started.volume].held == () and again[waiting[0].volume].held == waiting[0].held, \
+        "the running rebuild goes on; the other still waits"
+    done = {**documents, "n1": documents["n1"].replace(engines=tuple(
+        EngineRecord(e.volume, e.state, e.epoch, ("n1", target) if e.volume == started.volume else e.members)
+        for e in engines))}
+    view = volume_view(desired.volumes, desired.services, alive, done, "n1", (), now=100.0)
+    assert all(o.held == () for o in engine_orders(view, desired.volumes, "n1").values()), "its turn now"

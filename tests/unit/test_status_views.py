@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,6 +17,7 @@ from nodeorch.faces.http_api import services_json, status_json
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.volume_status import volumes_json
 from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.volume_keeper import VolumeRequestError
 from nodeorch.spec.desired import DesiredStatus, parse_desired
 from nodeorch.spec.node_config import parse_node_config
 from nodeorch.spec.service_spec import ServiceSpec
@@ -85,6 +87,16 @@ class StandIn:
 
     async def set_draining(self, draining: bool) -> None:
         self.draining = draining
+
+    def engine_io(self) -> dict[str, dict[str, int]]:
+        return {"db": {"read_ops": 7, "read_bytes": 28672, "write_ops": 3, "write_bytes": 12288, "flushes": 1,
+                       "rebuild_bytes": 1 << 20}}
+
+    async def delete_volume(self, volume: str) -> dict[str, Any]:
+        raise VolumeRequestError(404, f"no volume {volume!r}")
+
+    async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]:
+        raise VolumeRequestError(409, f"{volume} is served")
 
 
 def view() -> AgentView:
@@ -160,7 +172,7 @@ class WithVolumes(StandIn):
         super().__init__()
         member = ReplicaRecord("db", 1 << 30, ReplicaMode.MEMBER, 3, 3, 2, 50)
         self.documents.store_own(NodeDocument("a", 2, "x", replicas=(member,), engines=(
-            EngineRecord("db", EngineState.DEGRADED, 3, ("a",)),)))
+            EngineRecord("db", EngineState.DEGRADED, 3, ("a",), rebuilds=(("b", 0.5),)),)))
         self.documents.receive("b", encode_document(NodeDocument("b", 2, "x", replicas=(
             ReplicaRecord("db", 1 << 30, ReplicaMode.REBUILDING, 3, 1, 1, progress=0.5),
             ReplicaRecord("old", 1 << 20, ReplicaMode.DETACHED, 1, 1, 1)))))
@@ -180,7 +192,8 @@ def test_volumes_show_state_replicas_engine_placement_and_orphans() -> None:
     assert db["state"] == "rebuilding" and db["engine"] == {"node": "a", "state": "degraded", "epoch": 3,
                                                             "members": ["a"]}
     assert [(r["node"], r["mode"], r["node_down"]) for r in db["replicas"]] == [
-        ("a", "member", False), ("b", "rebuilding", False), ("c", "member", True)]
+        ("a", "member", False), ("b", "rebuilding", False), ("c", "stale", True)]
+    assert db["replicas"][1]["progress"] == 0.5, "the engine's rebuild progress"
     assert db["waiting_for"] == ["c"] and db["placement"] == ["a", "b", "c"] and db["size"] == 1 << 30
     assert by_name["new"]["state"] == "pending" and by_name["new"]["to_create"] == ["a", "b"]
     assert by_name["old"]["state"] == "orphaned" and by_name["old"]["replicas"][0]["node"] == "b"
@@ -198,3 +211,7 @@ def test_volume_metrics_name_each_volume_its_state_and_replicas() -> None:
     assert samples[("nodeorch_volume_replicas_wanted", (("volume", "new"),))] == 2
     assert ("nodeorch_volume_replicas_wanted", (("volume", "old"),)) not in samples
     assert samples[("nodeorch_replica_used_bytes", (("volume", "db"),))] == 0
+    assert samples[("nodeorch_volume_healthy_replicas", (("volume", "db"),))] == 1
+    assert samples[("nodeorch_volume_io_operations_total", (("op", "write"), ("volume", "db")))] == 3
+    assert samples[("nodeorch_volume_io_bytes_total", (("direction", "read"), ("volume", "db")))] == 28672
+    assert samples[("nodeorch_volume_rebuild_bytes_total", (("volume", "db"),))] == 1 << 20
