@@ -36,6 +36,7 @@ from nodeorch.faces.port_holders import taken_ports
 from nodeorch.faces.tables import table
 from nodeorch.reconcile.engine_keeper import stop_engines
 from nodeorch.reconcile.replica_server_keeper import stop_replica_server
+from nodeorch.reconcile.volume_keeper import volume_attacher
 from nodeorch.spec.node_config import DEFAULT_API_PORT, DEFAULT_GOSSIP_PORT, render_node_config
 from nodeorch.spec.secret_files import write_keyring
 
@@ -101,10 +102,11 @@ def choose_addresses(count: int, base: str | None) -> tuple[list[str], int]:
     raise DevError("no free loopback range found in 127.0.0.0/16; choose one with --base-ip")
 
 
-def demo_desired() -> str:
+def demo_desired(volumes: bool = True) -> str:
     """The demo desired state of `nodeorch dev`: the same file for every agent. The web service
-    serves its folder over HTTP on the address of the agent that runs it."""
-    return f"""\
+    serves its folder over HTTP on the address of the agent that runs it; with `volumes`, a
+    key-value service keeps its data on a replicated volume (port 8081)."""
+    text = f"""\
 revision = 1
 
 [[service]]
@@ -119,6 +121,35 @@ port = 8080
 path = "/"
 interval = "1s"
 """
+    if volumes:
+        text += f"""
+[[volume]]
+name = "kv"
+size = "256MiB"
+replicas = 3
+replica_timeout = "4s"
+replenish_wait = "120s"
+
+[[service]]
+name = "kv"
+driver = "process"
+command = ["{sys.executable}", "-m", "nodeorch.faces.demo_kv", "--data", "${{NODEORCH_VOLUME_KV}}",
+           "--bind", "${{NODEORCH_NODE_ADDR}}", "--port", "8081"]
+volumes = [{{ volume = "kv", path = "/data" }}]
+
+[service.health]
+kind = "http"
+port = 8081
+path = "/"
+interval = "1s"
+"""
+    return text
+
+
+def volume_demo_left_out() -> str:
+    """Why the demo's volume-backed service is left out on this machine, or "" when it runs."""
+    _, reason = volume_attacher(Path("."))
+    return reason
 
 
 def node_config(index: int, folder: Path, ips: list[str]) -> str:
@@ -147,7 +178,8 @@ class DevCluster:
     def __init__(self, count: int, folder: Path, desired: str | None = None, base_ip: str | None = None) -> None:
         self.count = count
         self.folder = folder
-        self.desired = desired if desired is not None else demo_desired()
+        self.left_out = "" if desired is not None else volume_demo_left_out()
+        self.desired = desired if desired is not None else demo_desired(volumes=not self.left_out)
         self.base_ip = base_ip
         self.procs: list[asyncio.subprocess.Process] = []
         self.ips: list[str] = []
@@ -237,11 +269,28 @@ class DevCluster:
             self._range_lock = None
 
     async def services(self) -> list[dict[str, Any]]:
+        return await self._first_answer("/v1/services")
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        return await self._first_answer("/v1/volumes")
+
+    async def _first_answer(self, path: str) -> list[dict[str, Any]]:
         for api in self.apis:
             with contextlib.suppress(Exception):
-                result: list[dict[str, Any]] = await call(api, "GET", "/v1/services")
+                result: list[dict[str, Any]] = await call(api, "GET", path)
                 return result
         return []
+
+
+def render_volumes(volumes: list[dict[str, Any]]) -> str:
+    lines = []
+    for volume in volumes:
+        engine = volume.get("engine")
+        where = f"engine on {engine['node']} (epoch {engine['epoch']})" if engine else "no engine"
+        replicas = ", ".join(f"{r['node']}:{r['mode']}" + (f" {r['progress']:.0%}" if r.get("progress") else "")
+                             for r in volume["replicas"])
+        lines.append(f"volume {volume['name']}: {volume['state']}, {where}, replicas {replicas or 'none yet'}")
+    return "\n".join(lines)
 
 
 def render_services(services: list[dict[str, Any]]) -> str:
@@ -281,6 +330,12 @@ async def dev(cluster: DevCluster) -> None:
     _say(f"nodeorch dev: {count} agents on {cluster.ips[0]}..{cluster.ips[-1]} under {cluster.folder} "
          "(configs, keyring, data, agent.log)")
     _say(f"  try: nodeorch members --api {cluster.apis[0]}    Ctrl-C stops every agent cleanly")
+    if cluster.left_out:
+        _say(f"  the volume-backed key-value service is left out: {cluster.left_out} (run as root with the tools "
+             "`make test` installs: nbdkit, libnbd-bin, fuse3, e2fsprogs)")
+    else:
+        _say("  a key-value service keeps its data on a replicated volume: curl -X PUT --data hello "
+             "http://NODE-ADDRESS:8081/greeting (see `nodeorch services` for NODE-ADDRESS)")
     started = time.monotonic()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -304,6 +359,9 @@ async def show_live_status(cluster: DevCluster, stop: asyncio.Event, started: fl
         services = render_services(await cluster.services())
         if services:
             screen += "\n" + services
+        volumes = render_volumes(await cluster.volumes())
+        if volumes:
+            screen += "\n" + volumes
         if not announced and converged(rows):
             announced = True
             screen += f"\nconverged: every agent sees {cluster.count} alive after {time.monotonic() - started:.1f}s"
