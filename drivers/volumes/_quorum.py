@@ -55,8 +55,8 @@ def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None
         # a majority, so nothing was acknowledged under it (an engine waits for the change first):
         # its holders are judged by the set before it.
         behind = [a for a in last_set if a in holding and a not in current]  # known never to have it
-        earlier = [m for a, m in candidates.items() if a not in current]
-        if len(last_set) - len(behind) >= need or not earlier:
+        earlier = [m for a, m in candidates.items() if a not in current and m.set_id < best.set_id]
+        if len(last_set) - len(behind) >= need or not earlier or not current:
             missing = [a for a in last_set if a not in current]
             raise NoQuorum(f"only {len(current)} up-to-date replicas of the last member set "
                            f"({', '.join(last_set)}) answer; {max(need, majority(len(last_set)))} needed. Bring "
