@@ -61,7 +61,11 @@ def plan_start(configured: Sequence[str], found: Mapping[str, ReplicaMeta | None
             raise NoQuorum(f"only {len(current)} up-to-date replicas of the last member set "
                            f"({', '.join(last_set)}) answer; {max(need, majority(len(last_set)))} needed. Bring "
                            f"back {', '.join(missing)}, or salvage from a replica you trust")
-        previous = max(earlier, key=lambda m: m.rank)
+        # the set they were in before: one that has them all as members when one is known (a
+        # failed claim is judged by the set its holders were claimed from, not by a set that
+        # had ejected them)
+        theirs = [m for m in earlier if set(current) <= set(m.members)]
+        previous = max(theirs or earlier, key=lambda m: m.rank)
         for address in current:
             candidates[address] = replace(candidates[address], set_epoch=previous.set_epoch,
                                           set_version=previous.set_version, members=previous.members)

@@ -64,8 +64,8 @@ def test_every_offset_and_length_is_checked() -> None:
         _nbd.parse_request(b"\x00" * 28)
 
 
-def meta(epoch: int, set_version: int, seq: int, members: tuple[str, ...]) -> ReplicaMeta:
-    return ReplicaMeta("db", 1 << 20, "id", epoch, members, set_version, seq)
+def meta(epoch: int, set_version: int, seq: int, members: tuple[str, ...], set_epoch: int = -1) -> ReplicaMeta:
+    return ReplicaMeta("db", 1 << 20, "id", epoch, members, set_version, seq, set_epoch=set_epoch)
 
 
 def test_an_engine_starts_from_the_last_member_set_and_claims_a_higher_epoch() -> None:
@@ -88,6 +88,18 @@ def test_a_member_set_change_that_never_reached_a_majority_does_not_count() -> N
         plan_start([a, b, c], {a: meta(1, 2, 50, (a, c)), b: meta(1, 1, 50, (a, b, c))})
     with pytest.raises(NoQuorum, match="Bring back c:1"):  # c lost its disk: it may have had the change
         plan_start([a, b, c], {a: meta(1, 2, 50, (a, c)), b: meta(1, 1, 50, (a, b, c)), c: None})
+
+
+def test_a_claim_that_reached_one_replica_is_judged_by_the_set_it_was_claimed_from() -> None:
+    """Engine 9 began ejecting a, which only b heard ((9, 8): b, c); engine 13 then planned a and b
+    from (9, 7) and claimed (13, 9) on a alone before it was cut off. Nothing was acknowledged
+    under either change: a goes back to (9, 7), where it was a member, not to b's (9, 8), which
+    had ejected it (a rewrite to that set made no progress, and the planner spun forever)."""
+    a, b, c = "a:1", "b:1", "c:1"
+    found = {a: meta(13, 9, 637, (a, b), set_epoch=13), b: meta(13, 8, 653, (b, c), set_epoch=9),
+             c: meta(13, 7, 634, (a, b, c), set_epoch=9)}
+    plan = plan_start([a, b, c], found)
+    assert plan.members == (a, b) and plan.stale == (c,) and plan.epoch == 14
 
 
 def test_without_a_majority_of_the_last_set_the_engine_refuses_naming_the_replicas() -> None:
