@@ -222,6 +222,7 @@ size = "64MiB"
 name = "v"
 command = ["sleep", "86400"]
 scale = {volumes}
+spread = "none"
 stop_grace = "1s"
 volumes = [{{ volume = "v", path = "/data", per_slot = true }}]
 """
@@ -274,6 +275,9 @@ async def main_async(args: argparse.Namespace) -> None:
     if reason := volume_demo_left_out():
         raise SystemExit(f"bench/volume_cluster.py: {reason}")
     print(f"# volumes in the cluster, {time.strftime('%Y-%m-%d %H:%M')}")
+    if args.only_scale:
+        await report_scale(args)
+        return
     r = await failover(args.runs)
     print(f"\nkill -9 of the kv service's node (3 agents): dead at a survivor after {fmt(r['detection'], ' s')}, "
           f"kv healthy elsewhere with its data after {fmt(r['failover'], ' s')} (median of {r['runs']})", flush=True)
@@ -281,6 +285,10 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"\n1 GiB volume, 512 MiB used, a replica lost for good: rebuilt onto a spare node in {b['copy_s']:.1f} s "
           f"of copying ({b['sent_mib']:.0f} MiB sent); lost to healthy {b['lost_to_healthy']:.1f} s "
           "(replenish_wait 5 s included)", flush=True)
+    await report_scale(args)
+
+
+async def report_scale(args: argparse.Namespace) -> None:
     s = await scale(args.volumes, args.agents)
     print(f"\n{args.volumes} volumes attached across {args.agents} agents (all healthy after {s['ready']:.0f} s):")
     print("| processes | count | CPU mean (% of a core) | CPU max | RSS mean |")
@@ -295,6 +303,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--volumes", type=int, default=20)
     parser.add_argument("--agents", type=int, default=5)
+    parser.add_argument("--only-scale", action="store_true", help="only the many-volumes measurement")
     asyncio.run(main_async(parser.parse_args()))
 
 
