@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from drivers.attach._types import AttachError
+from drivers.captured import run_captured
 
 log = logging.getLogger(__name__)
 
@@ -142,21 +143,11 @@ class FuseLoopAttacher:
 
     async def _run(self, *argv: str, step: str, volume: str, ok: Sequence[int] = (0,)) -> str:
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self._prefix, *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            code, text = await run_captured([*self._prefix, *argv], STEP_TIMEOUT)
         except OSError as error:
             raise AttachError(f"volume {volume}: {step}: cannot run {argv[0]}: {error.strerror}") from None
-        try:
-            async with asyncio.timeout(STEP_TIMEOUT):
-                output, _ = await process.communicate()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise
-        text = output.decode(errors="replace").strip()
-        if process.returncode not in ok:
-            raise AttachError(f"volume {volume}: {step} failed ({argv[0]} exit {process.returncode}): {text}")
+        if code not in ok:
+            raise AttachError(f"volume {volume}: {step} failed ({argv[0]} exit {code}): {text}")
         return text
 
     async def attach(self, volume: str, export: Path) -> Path:

@@ -15,7 +15,6 @@ volume id drops it. `salvage` runs the data path's salvage for a volume no engin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 from drivers.attach import Attacher, AttachError
 from drivers.attach.fuse_loop import FuseLoopAttacher, missing_tools
+from drivers.captured import run_captured
 from drivers.containers import DriverError, InstanceSpec, VolumeBinding
 from gossip import Member
 from nodeorch.core.replica_placement import ReplicaPlan
@@ -319,19 +319,8 @@ class VolumeKeeper:
 
     async def _tool(self, command: str, *args: str) -> tuple[bool, str]:
         """Run `python -m drivers.volumes COMMAND ...`: (succeeded, what it said)."""
-        argv = self.engines.volume_tool(command, *args)
-        process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                       stdout=asyncio.subprocess.PIPE,
-                                                       stderr=asyncio.subprocess.STDOUT)
-        try:
-            async with asyncio.timeout(TOOL_TIMEOUT):
-                output, _ = await process.communicate()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise
-        return process.returncode == 0, output.decode(errors="replace").strip()
+        code, output = await run_captured(self.engines.volume_tool(command, *args), TOOL_TIMEOUT)
+        return code == 0, output
 
     async def _detach_unused(self, orders: Mapping[str, EngineOrder], desired: DesiredState) -> Collection[str]:
         """Detach the volumes attached here that no engine order keeps and no local instance uses;

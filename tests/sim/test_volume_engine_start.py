@@ -7,29 +7,19 @@ import asyncio
 import contextlib
 from typing import Any
 
-from drivers.volumes._client import ReplicaLink
 from drivers.volumes._engine import Engine
 from drivers.volumes._errors import VolumeError
-from drivers.volumes._simulation import MemoryLink, SimReplica, VirtualTimeLoop
+from drivers.volumes._simulation import MemoryLink
 from drivers.volumes._wire import OP_READ, Secrets
+
+from .volume_sim import run, sim_replicas
 
 BLOCK = 4096
 SIZE = 16 * BLOCK
 
 
-def run(scenario: Any) -> Any:
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(scenario)
-    finally:
-        loop.close()
-
-
 async def old_engine_ejects_and_acknowledges_between_look_and_claim() -> dict[str, Any]:
-    replicas = {f"r{i}:1": SimReplica(f"r{i}:1") for i in range(3)}
-
-    def link(address: str, on_lost: Any) -> ReplicaLink:
-        return MemoryLink(replicas[address], on_lost)
+    replicas, link = sim_replicas(3)
 
     def engine() -> Engine:
         return Engine("vol", SIZE, list(replicas), Secrets("sim", ()), replica_timeout=2.0, links=link)
@@ -84,10 +74,7 @@ def test_a_starting_engine_leaves_out_a_replica_ejected_after_it_looked() -> Non
 
 
 async def restart_after(clean: bool) -> int:
-    replicas = {f"r{i}:1": SimReplica(f"r{i}:1") for i in range(3)}
-
-    def link(address: str, on_lost: Any) -> ReplicaLink:
-        return MemoryLink(replicas[address], on_lost)
+    replicas, link = sim_replicas(3)
 
     first = Engine("vol", SIZE, list(replicas), Secrets("sim", ()), replica_timeout=2.0, links=link)
     await first.start()
@@ -114,10 +101,7 @@ def test_a_clean_close_spares_the_next_engine_a_resync_and_a_crash_does_not() ->
 
 
 async def faulted_for_several_recovery_attempts() -> dict[str, Any]:
-    replicas = {f"r{i}:1": SimReplica(f"r{i}:1") for i in range(3)}
-
-    def link(address: str, on_lost: Any) -> ReplicaLink:
-        return MemoryLink(replicas[address], on_lost)
+    replicas, link = sim_replicas(3)
 
     engine = Engine("vol", SIZE, list(replicas), Secrets("sim", ()), replica_timeout=2.0, links=link)
     await engine.start()

@@ -8,35 +8,18 @@ from typing import Any
 
 import pytest
 
-from drivers.volumes._client import ReplicaLink
 from drivers.volumes._engine import Engine
 from drivers.volumes._errors import VolumeError
-from drivers.volumes._simulation import MemoryLink, SimReplica, VirtualTimeLoop
 from drivers.volumes._wire import Secrets
+
+from .volume_sim import run, sim_replicas
 
 BLOCK = 4096
 SIZE = 16 * BLOCK
 
 
-def run(scenario: Any) -> Any:
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(scenario)
-    finally:
-        loop.close()
-
-
-def cluster(count: int) -> tuple[dict[str, SimReplica], Any]:
-    replicas = {f"r{i}:1": SimReplica(f"r{i}:1") for i in range(count)}
-
-    def link(address: str, on_lost: Any) -> ReplicaLink:
-        return MemoryLink(replicas[address], on_lost)
-
-    return replicas, link
-
-
 async def replace_a_lost_replica() -> dict[str, Any]:
-    replicas, link = cluster(4)
+    replicas, link = sim_replicas(4)
     engine = Engine("vol", SIZE, ["r0:1", "r1:1", "r2:1"], Secrets("sim", ()), replica_timeout=2.0, links=link)
     await engine.start()
     await engine.write(0, b"\x01" * BLOCK, fua=True)
@@ -69,7 +52,7 @@ def test_a_replacement_replica_is_rebuilt_online_and_joins() -> None:
 
 
 async def drop_a_live_member() -> dict[str, Any]:
-    _, link = cluster(3)
+    _, link = sim_replicas(3)
     engine = Engine("vol", SIZE, ["r0:1", "r1:1", "r2:1"], Secrets("sim", ()), replica_timeout=2.0, links=link)
     await engine.start()
     before = engine.status.set_version
