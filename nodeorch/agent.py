@@ -284,7 +284,7 @@ class Agent:
                             replica_addr=self._replica_address(),
                             attach_error=volumes.attach_error if volumes else "",
                             max_rebuilds=self.config.volumes.max_concurrent_rebuilds,
-                            deletions=volumes.deletions if volumes else ())
+                            deletions=volumes.requests.deletions if volumes else ())
 
     async def publish(self, **sections: Any) -> None:
         """Gossip this node's document with its current header and the given sections."""
@@ -354,12 +354,12 @@ class Agent:
     async def delete_volume(self, volume: str) -> dict[str, Any]:
         if self._volumes is None:
             raise RuntimeError("the agent is not running")
-        return await self._volumes.delete(volume)
+        return await self._volumes.requests.delete(volume)
 
     async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]:
         if self._volumes is None:
             raise RuntimeError("the agent is not running")
-        return await self._volumes.salvage(volume, trusted)
+        return await self._volumes.requests.salvage(volume, trusted)
 
     async def _publish_replicas(self, records: tuple[ReplicaRecord, ...]) -> None:
         await self.publish(replicas=records)

@@ -24,7 +24,7 @@ from nodeorch.faces.agent_view import AgentView
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
 from nodeorch.faces.volume_status import volumes_json
-from nodeorch.reconcile.volume_keeper import VolumeRequestError
+from nodeorch.reconcile.volume_requests import VolumeRequestError
 from nodeorch.spec.node_config import DEFAULT_API_PORT
 from nodeorch.state.node_document import decode_labels
 

@@ -17,7 +17,7 @@ from nodeorch.faces.http_api import services_json, status_json
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.volume_status import volumes_json
 from nodeorch.reconcile.job_table import JobTable
-from nodeorch.reconcile.volume_keeper import VolumeRequestError
+from nodeorch.reconcile.volume_requests import VolumeRequestError
 from nodeorch.spec.desired import DesiredStatus, parse_desired
 from nodeorch.spec.node_config import parse_node_config
 from nodeorch.spec.service_spec import ServiceSpec
