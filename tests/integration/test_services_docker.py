@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from drivers.attach.fuse_loop import missing_tools
 from gossip._process import wait_until
 
 from .agents import AgentProcess, agent_trio
@@ -238,3 +239,47 @@ async def test_docker_crash_restart_health_replacement_and_drain(tmp_path: Path,
 def healthy_nodes(services: list[dict[str, Any]]) -> list[str]:
     box: dict[str, Any] = next((s for s in services if s["name"] == "box"), {"instances": []})
     return [i["node"] for i in box["instances"] if i["state"] == "running" and i["health"] == "healthy"]
+
+
+def volume_desired(image: str) -> str:
+    return f"""
+revision = 1
+
+[[volume]]
+name = "box-data"
+size = "64MiB"
+
+[[service]]
+name = "box"
+driver = "docker"
+image = "{image}"
+command = ["sh", "-c", "echo from-the-container > /data/note; sleep 3600"]
+volumes = [{{ volume = "box-data", path = "/data" }}]
+stop_grace = "1s"
+"""
+
+
+async def test_a_docker_service_writes_to_its_volume_through_the_bind_mount(
+        tmp_path: Path, busybox_image: str) -> None:
+    if missing := missing_tools():
+        pytest.fail(f"volume services need {', '.join(missing)} (make test installs them as root)")
+    async with agent_trio(tmp_path, volume_desired(busybox_image), NAMES, expect=3) as agents:
+        try:
+            def note() -> str | None:
+                for agent in agents:
+                    written = tmp_path / agent.name / "data" / "volumes" / "mounts" / "box-data" / "note"
+                    with contextlib.suppress(OSError):
+                        return written.read_text()
+                return None
+
+            assert await wait_until(note, 60) == "from-the-container\n", \
+                "the container's /data is the volume mounted on the host"
+            (container,) = running_containers().values()
+            inspected = docker_client().api.inspect_container(container["id"])
+            assert any(m["Destination"] == "/data" and m["Source"].endswith("/volumes/mounts/box-data")
+                       for m in inspected["Mounts"])
+            assert "NODEORCH_VOLUME_BOX_DATA=/data" in inspected["Config"]["Env"]
+        finally:  # before the agents' teardown unmounts the volume under it
+            for c in docker_client().containers.list(all=True, filters={"label": "io.nodeorch.service=box"}):
+                if c.labels.get("io.nodeorch.node") in NAMES:
+                    c.remove(force=True)
