@@ -70,3 +70,29 @@ def test_a_member_no_longer_listed_is_ejected_and_the_set_version_raised() -> No
     result = run(drop_a_live_member())
     assert result["members"] == ("r0:1", "r1:1") and result["raised"]
     assert result["read"] == b"\x05" * BLOCK
+
+
+async def hold_a_rebuild() -> dict[str, Any]:
+    replicas, link = sim_replicas(4)
+    engine = Engine("vol", SIZE, ["r0:1", "r1:1", "r2:1"], Secrets("sim", ()), replica_timeout=2.0, links=link)
+    await engine.start()
+    await engine.write(0, b"\x09" * BLOCK, fua=True)
+    replicas["r2:1"].partition()
+    await engine.write(BLOCK, b"\x0a" * BLOCK, fua=True)
+    await asyncio.sleep(3)
+    engine.reconfigure(["r0:1", "r1:1", "r3:1"], held={"r3:1"})  # its turn has not come
+    await asyncio.sleep(10)
+    held = (engine.members, "vol" in replicas["r3:1"].store.backings)
+    engine.reconfigure(["r0:1", "r1:1", "r3:1"])  # a slot freed
+    await asyncio.sleep(6)
+    result = {"held": held, "members": engine.members,
+              "r3": bytes(replicas["r3:1"].store.backings["vol"].data[:2 * BLOCK])}
+    await engine.close()
+    return result
+
+
+def test_a_held_replica_counts_but_is_not_copied_to_until_its_turn() -> None:
+    result = run(hold_a_rebuild())
+    assert result["held"] == (("r0:1", "r1:1"), False), "nothing sent to the held replica"
+    assert result["members"] == ("r0:1", "r1:1", "r3:1")
+    assert result["r3"] == b"\x09" * BLOCK + b"\x0a" * BLOCK

@@ -3,6 +3,7 @@ starts from, and the replica store's fencing and metadata."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import struct
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.volumes import __main__ as engine_main
 from drivers.volumes import _nbd
 from drivers.volumes._errors import Fenced, NoQuorum, ProtocolError, VolumeError
 from drivers.volumes._memory_store import MemoryStore
@@ -18,6 +20,8 @@ from drivers.volumes._replica_service import ReplicaService, Store
 from drivers.volumes._sizes import parse_seconds, parse_size
 from drivers.volumes._store import ReplicaMeta, ReplicaStore
 from drivers.volumes._wire import OP_DROP, OP_OPEN, OP_READ, STATUS_ERROR, STATUS_OK, FrameSplitter, encode_frame
+from nodeorch.reconcile.engine_keeper import EngineKeeper
+from nodeorch.reconcile.volume_plan import EngineOrder
 
 EXPORTS = {"db": 1 << 20}
 
@@ -212,3 +216,14 @@ def test_a_dropped_replica_is_gone_but_only_the_volume_id_named(kind: str, tmp_p
     assert service.answer(OP_DROP, {"volume": "db", "volume_id": volume_id}, b"")[1] == {"dropped": False}
     status, answer, _ = service.answer(OP_READ, {"volume": "db", "epoch": 0, "offset": 0, "length": 1}, b"")
     assert status == STATUS_ERROR and "not open" in answer["error"]
+
+
+def test_the_replica_list_the_agent_writes_is_what_the_engine_reads(tmp_path: Path) -> None:
+    keeper = EngineKeeper(tmp_path, "test", None)
+    order = EngineOrder("db", 1 << 20, ("10.0.0.1:7948", "10.0.0.2:7948", "10.0.0.3:7948"), held=("10.0.0.3:7948",))
+    assert keeper._write_replicas(order) and not keeper._write_replicas(order), "rewritten only when it changes"
+    args = argparse.Namespace(replica=None, replicas_file=str(keeper._replicas("db")))
+    assert engine_main._replica_list(args) == (list(order.replicas), {"10.0.0.3:7948"})
+    keeper._replicas("db").write_text("10.0.0.1:7948 later\n")
+    with pytest.raises(VolumeError, match="expected HOST:PORT \\[hold\\]"):
+        engine_main._replica_list(args)
