@@ -34,6 +34,8 @@ MAX_DELETIONS = 64
 """Tombstones a node keeps (the oldest go first)."""
 TOOL_TIMEOUT = 600.0
 """A salvage copies a whole volume: minutes for a big one."""
+DROP_RETRY = 30.0
+"""After a failed drop of a deleted volume's replica, the next attempt."""
 
 
 class RequestsHost(Protocol):
@@ -70,6 +72,8 @@ class VolumeRequests:
         self._replica_server = replica_server
         self.deletions = self._load_deletions()
         self._dropped: set[tuple[str, str]] = set()
+        self._retry_at: dict[tuple[str, str], float] = {}
+        self._failures: dict[tuple[str, str], str] = {}
 
     def _deletions_file(self) -> Path | None:
         return None if self._folder is None else self._folder / "deletions.json"
@@ -135,7 +139,8 @@ class VolumeRequests:
         declared = {v.name for v in desired.volumes}
         for replica in own.replicas if own else ():
             key = (replica.volume, replica.volume_id)
-            if key not in tombstones or replica.volume in declared or key in self._dropped:
+            if key not in tombstones or replica.volume in declared or key in self._dropped \
+                    or time.monotonic() < self._retry_at.get(key, 0.0):
                 continue
             ok, output = await self._tool("drop", "--volume", replica.volume, "--volume-id", replica.volume_id,
                                           "--replica", self._replica_server)
@@ -143,9 +148,12 @@ class VolumeRequests:
                 self._dropped.add(key)
                 log.info("%s: replica of deleted volume %s dropped", self._host.name, replica.volume)
                 self._host.events.append("volume.replica_deleted", node=self._host.name, volume=replica.volume)
-            elif key not in self._dropped:
-                log.error("%s: cannot drop the replica of deleted volume %s: %s", self._host.name, replica.volume,
-                          output)
+            else:  # tried again later, not every second; said once per distinct reason
+                self._retry_at[key] = time.monotonic() + DROP_RETRY
+                if self._failures.get(key) != output:
+                    self._failures[key] = output
+                    log.error("%s: cannot drop the replica of deleted volume %s (trying again every %.0f s): %s",
+                              self._host.name, replica.volume, DROP_RETRY, output)
 
     async def salvage(self, volume: str, trusted: str) -> dict[str, Any]:
         """Make the replica on node `trusted` the truth for `volume`, copied onto every other
