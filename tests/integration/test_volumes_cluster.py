@@ -191,7 +191,8 @@ async def test_a_service_keeps_every_acknowledged_write_when_its_node_dies(tmp_p
         moved = await serving(survivors, "degraded", 2)
         assert moved["engine"]["node"] != owner.name and moved["engine"]["epoch"] >= 2
         heir = next(a for a in survivors if a.name == moved["engine"]["node"])
-        found = await wait_until(lambda: re.search(r"found (\d+) in order=(\w+)", instance_log(tmp_path, heir)), 60)
+        found = await wait_until(lambda: re.search(r"^found (\d+) in order=(\w+)$", instance_log(tmp_path, heir),
+                                                   re.MULTILINE), 60)
         assert int(found.group(1)) >= last and found.group(2) == "True", \
             f"{last} writes were acknowledged; the heir found {found.group(0)}"
         await wait_until(lambda: one_engine(tmp_path, survivors), 20)
@@ -212,7 +213,8 @@ async def test_an_engine_cut_off_from_two_replicas_fails_io_loses_nothing_and_re
             await asyncio.sleep(3)
             assert acked(instance_log(tmp_path, owner)) == last, "nothing acknowledged without a majority"
         # healed: the same engine serves again, the instance starts again on a checked filesystem
-        found = await wait_until(lambda: re.findall(r"found (\d+) in order=(\w+)", instance_log(tmp_path, owner)), 90)
+        found = await wait_until(lambda: re.findall(r"^found (\d+) in order=(\w+)$", instance_log(tmp_path, owner),
+                                                    re.MULTILINE), 90)
         assert int(found[-1][0]) >= last and found[-1][1] == "True", f"{last} acknowledged; {found[-1]} found"
         await wait_until(lambda: acked(instance_log(tmp_path, owner)) > last + 20, 30)
         healed = await serving(agents, "healthy", 3)
@@ -225,11 +227,17 @@ async def test_draining_the_node_of_a_volume_service_moves_it_stop_first_with_it
         owner = next(a for a in agents if a.name == db["engine"]["node"])
         await wait_until(lambda: acked(instance_log(tmp_path, owner)) >= 50, 60)
         owner.cli_json("drain")
-        moved = await wait_until(lambda: next((a for a in agents if a is not owner and "found" in
-                                               instance_log(tmp_path, a)), None), 60)
+
+        def found_elsewhere() -> tuple[AgentProcess, re.Match[str]] | None:
+            for agent in agents:  # the writer's first line on its new node (its argv names "found" too)
+                match = re.search(r"^found (\d+) in order=(\w+)$", instance_log(tmp_path, agent), re.MULTILINE)
+                if agent is not owner and match:
+                    return agent, match
+            return None
+
+        moved, found = await wait_until(found_elsewhere, 60)
         last = acked(instance_log(tmp_path, owner))
-        found = re.search(r"found (\d+) in order=(\w+)", instance_log(tmp_path, moved))
-        assert found is not None and int(found.group(1)) >= last and found.group(2) == "True"
+        assert int(found.group(1)) >= last and found.group(2) == "True", f"{last} acknowledged; {found.group(0)}"
         assert "OSError" not in instance_log(tmp_path, owner), "the old instance was stopped before its volume"
         assert mount_of(tmp_path, owner).resolve() not in mounts_under(mount_of(tmp_path, owner)), "unmounted"
         assert read_record(data_dir(tmp_path, owner) / "volumes" / "engines" / "db.json") is None, "engine stopped"
