@@ -148,33 +148,37 @@ class EngineKeeper:
         return status is not None and status.get("state") in (EngineState.HEALTHY.value, EngineState.DEGRADED.value) \
             and volume in self.running()
 
+    def statuses(self) -> dict[str, dict[str, Any] | None]:
+        """volume -> what the status file of its engine running here says, while fresh (else None):
+        read once per pass and handed to `records` and `rebuilt`."""
+        return {volume: read_fresh_status(self._status(volume)) for volume in self.running()}
+
     def io(self) -> dict[str, dict[str, int]]:
         """volume -> the I/O counters of its engine running here (operations and bytes read and
         written, flushes, rebuild bytes...), while its status is fresh."""
         counters = {}
-        for volume in self.running():
-            status = read_fresh_status(self._status(volume))
+        for volume, status in self.statuses().items():
             with contextlib.suppress(TypeError, ValueError, AttributeError):
                 if status is not None:
                     counters[volume] = {str(k): int(v) for k, v in status["io"].items()}
         return counters
 
-    def rebuilt(self, node_of: Mapping[str, str]) -> list[tuple[str, str, float]]:
+    def rebuilt(self, node_of: Mapping[str, str], statuses: Mapping[str, dict[str, Any] | None]
+                ) -> list[tuple[str, str, float]]:
         """(volume, node, when) of the last rebuilds the engines here completed."""
         done = []
-        for volume in self.running():
-            status = read_fresh_status(self._status(volume))
+        for volume, status in statuses.items():
             with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
                 for entry in status["rebuilt"] if status is not None else ():
                     done.append((volume, node_of.get(entry["replica"], entry["replica"]), float(entry["at"])))
         return done
 
-    def records(self, node_of: Mapping[str, str]) -> tuple[EngineRecord, ...]:
-        """What each running engine's status file says, while fresh; `node_of` names the node of
-        each replica address."""
+    def records(self, node_of: Mapping[str, str], statuses: Mapping[str, dict[str, Any] | None] | None = None
+                ) -> tuple[EngineRecord, ...]:
+        """What each running engine's status file says, while fresh (`statuses`, read now if not
+        given); `node_of` names the node of each replica address."""
         records = []
-        for volume in self.running():
-            status = read_fresh_status(self._status(volume))
+        for volume, status in (self.statuses() if statuses is None else statuses).items():
             with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
                 if status is not None:
                     members = tuple(node_of.get(a, a) for a in status["members"])

@@ -162,8 +162,9 @@ class VolumeKeeper:
         await self.requests.drop_deleted(desired)
         await self.engines.reconcile(orders, attached)
         node_of = {address: node for node, address in view.addresses.items()}
-        records = self.engines.records(node_of)
-        self._follow_rebuilds(records, self.engines.rebuilt(node_of))
+        statuses = self.engines.statuses()
+        records = self.engines.records(node_of, statuses)
+        self._follow_rebuilds(records, self.engines.rebuilt(node_of, statuses))
         if records != self._published:
             for kind, fields in engine_events(self._published, records):
                 self._host.events.append(kind, node=self._host.name, **fields)
