@@ -341,7 +341,7 @@ async def test_each_node_keeps_its_replica_server_through_a_kill_and_an_agent_re
         assert replica_server_pid(tmp_path, agents[1]) == pids[1], "the restarted agent adopted its server"
 
 
-REPLENISH = DESIRED.replace('replica_timeout = "2s"', 'replica_timeout = "2s"\nreplenish_wait = "6s"')
+REPLENISH = DESIRED.replace('replica_timeout = "2s"', 'replica_timeout = "2s"\nreplenish_wait = "15s"')
 
 
 async def test_a_lost_replica_is_replaced_after_replenish_wait_and_rebuilt(tmp_path: Path) -> None:
