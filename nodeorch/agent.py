@@ -43,6 +43,7 @@ from nodeorch.faces.http_api import ApiServer
 from nodeorch.reconcile.engine_keeper import EngineKeeper
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.replica_server_keeper import ReplicaServerKeeper
+from nodeorch.reconcile.rolling_update import Rollout
 from nodeorch.reconcile.service_runner import ServiceRunner
 from nodeorch.reconcile.volume_keeper import VolumeKeeper, volume_attacher
 from nodeorch.spec.desired import DesiredState, DesiredStatus
@@ -54,7 +55,14 @@ from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument, encode_labels
-from nodeorch.state.records import EngineRecord, HealthVerdict, InstanceRecord, ReplicaRecord, VolumeDeletion
+from nodeorch.state.records import (
+    EngineRecord,
+    HealthVerdict,
+    InstanceRecord,
+    ReplicaRecord,
+    UpdateMark,
+    VolumeDeletion,
+)
 from nodeorch.systemd import keep_alive, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -191,7 +199,8 @@ class Agent:
             self._runner = ServiceRunner(self, {
                 "process": ProcessDriver(config.node.data_dir, self.name, host),
                 "docker": DockerDriver(self.name, host),
-            }, expect=config.cluster.expect, expect_timeout=config.cluster.expect_timeout)
+            }, expect=config.cluster.expect, expect_timeout=config.cluster.expect_timeout,
+                state_dir=config.node.data_dir / "services")
             keyring_file = None if keyring is None else config.cluster.keyring
             replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
                                                  keyring_file)
@@ -203,7 +212,8 @@ class Agent:
                                                 self.node.set_app_state)
             # The engines still running from before a restart go into the first document, so no
             # other node takes their volumes for unserved while this agent was away.
-            await self.publish(instances=await self._runner.adopt(), engines=engines.records({}))
+            await self.publish(instances=await self._runner.adopt(), engines=engines.records({}),
+                               updates=self._runner.marks())
             joined = await self._join_seeds()
             release_startup_memory()
             notify("READY=1\nSTATUS=joined; serving on " + api.where)
@@ -335,9 +345,17 @@ class Agent:
         return member.addr[0] if member else None
 
     async def publish_instances(
-        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
+        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...], updates: tuple[UpdateMark, ...]
     ) -> None:
-        await self.publish(instances=records, health=health)
+        await self.publish(instances=records, health=health, updates=updates)
+
+    def rollouts(self) -> Mapping[str, Rollout]:
+        return self._runner.rollouts if self._runner else {}
+
+    async def resume_update(self, service: str) -> dict[str, Any]:
+        if self._runner is None:
+            raise RuntimeError("the agent is not running")
+        return await self._runner.resume(service)
 
     def _volumes_desired(self) -> bool:
         """The replica server runs while volumes are desired, or replicas are kept here (orphans

@@ -8,6 +8,9 @@ from drivers.containers._types import (
     InstanceState,
     InstanceStatus,
     VolumeBinding,
+    logical_slot,
+    successor_slot,
 )
 
-__all__ = ["ContainerDriver", "DriverError", "InstanceSpec", "InstanceState", "InstanceStatus", "VolumeBinding"]
+__all__ = ["ContainerDriver", "DriverError", "InstanceSpec", "InstanceState", "InstanceStatus", "VolumeBinding",
+           "logical_slot", "successor_slot"]

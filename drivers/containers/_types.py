@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -14,6 +15,23 @@ class DriverError(Exception):
     def __init__(self, message: str, *, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+_SUCCESSOR = re.compile(r"^(.+)_[0-9a-f]{8}$")
+
+
+def logical_slot(slot: str) -> str:
+    """The slot an instance fills. An instance started beside the one it replaces (a start-first
+    update) cannot share its name, so it is named SLOT_XXXXXXXX (its spec digest's first 8 hex
+    digits) and keeps that name; everything else is named after its slot."""
+    match = _SUCCESSOR.match(slot)
+    return match.group(1) if match else slot
+
+
+def successor_slot(slot: str, digest: str) -> str:
+    """The name of an instance of `digest` that starts beside the instance named `slot`."""
+    name = f"{logical_slot(slot)}_{digest[:8]}"
+    return name if name != slot else logical_slot(slot)
 
 
 class InstanceState(enum.Enum):
@@ -51,6 +69,10 @@ class InstanceSpec:
     def key(self) -> str:
         return f"{self.service}/{self.slot}"
 
+    @property
+    def logical_key(self) -> str:
+        return f"{self.service}/{logical_slot(self.slot)}"
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceStatus:
@@ -67,6 +89,10 @@ class InstanceStatus:
     @property
     def key(self) -> str:
         return f"{self.service}/{self.slot}"
+
+    @property
+    def logical_key(self) -> str:
+        return f"{self.service}/{logical_slot(self.slot)}"
 
 
 class ContainerDriver(Protocol):

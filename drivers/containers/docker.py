@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from drivers.containers._types import DriverError, InstanceSpec, InstanceState, InstanceStatus
+from drivers.containers._types import DriverError, InstanceSpec, InstanceState, InstanceStatus, logical_slot
 
 LABEL = "io.nodeorch"
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -170,7 +170,7 @@ class DockerDriver:
                 if old.status == "running":
                     raise DriverError(f"{spec.key} already runs here (container {old.id[:12]})", transient=False)
                 old.remove(force=True)
-            env = {**spec.env, "NODEORCH_SERVICE": spec.service, "NODEORCH_SLOT": spec.slot,
+            env = {**spec.env, "NODEORCH_SERVICE": spec.service, "NODEORCH_SLOT": logical_slot(spec.slot),
                    "NODEORCH_NODE": self._node, "NODEORCH_NODE_ADDR": self._node_addr,
                    **{volume.variable: volume.target for volume in spec.volumes}}
             binds = {volume.source: {"bind": volume.target, "mode": "rw"} for volume in spec.volumes}

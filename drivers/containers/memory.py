@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 
 from drivers.containers._types import DriverError, InstanceSpec, InstanceState, InstanceStatus
 
@@ -12,7 +13,8 @@ from drivers.containers._types import DriverError, InstanceSpec, InstanceState, 
 class MemoryDriver:
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._instances: dict[str, InstanceStatus] = {}
         self._refs = itertools.count(1000)
         self.started: list[str] = []
@@ -26,7 +28,7 @@ class MemoryDriver:
         if current is not None and current.state is InstanceState.RUNNING:
             raise DriverError(f"{spec.key} already runs here (ref {current.ref})", transient=False)
         status = InstanceStatus(spec.service, spec.slot, spec.digest, InstanceState.RUNNING, str(next(self._refs)),
-                                time.time())
+                                self._clock())
         self._instances[spec.key] = status
         self.started.append(spec.key)
         self.specs[spec.key] = spec

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.containers._types import DriverError, InstanceSpec, InstanceState, InstanceStatus
+from drivers.containers._types import DriverError, InstanceSpec, InstanceState, InstanceStatus, logical_slot
 
 _SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 
@@ -60,7 +60,7 @@ class ProcessDriver:
         self._logs.mkdir(parents=True, exist_ok=True)
         env = {k: os.environ[k] for k in _SAFE_ENV if k in os.environ}
         env.update(spec.env)
-        env.update(NODEORCH_SERVICE=spec.service, NODEORCH_SLOT=spec.slot, NODEORCH_NODE=self._node,
+        env.update(NODEORCH_SERVICE=spec.service, NODEORCH_SLOT=logical_slot(spec.slot), NODEORCH_NODE=self._node,
                    NODEORCH_NODE_ADDR=self._node_addr)
         env.update({volume.variable: volume.source for volume in spec.volumes})
         with (self._logs / f"{spec.service}-{spec.slot}.log").open("ab") as log:

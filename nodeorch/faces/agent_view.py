@@ -10,6 +10,7 @@ from gossip import Member
 from nodeorch.core.placement import Assignment
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.rolling_update import Rollout
 from nodeorch.spec.desired import DesiredStatus
 from nodeorch.spec.node_config import NodeConfig
 from nodeorch.spec.service_spec import ServiceSpec
@@ -52,3 +53,9 @@ class AgentView(Protocol):
         """VolumeRequestError (with an HTTP status) when it cannot be done."""
 
     async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]: ...
+
+    def rollouts(self) -> Mapping[str, Rollout]:
+        """Where each service's rolling update stands, as this node computes it."""
+
+    async def resume_update(self, service: str) -> dict[str, Any]:
+        """UpdateRequestError when there is no such service or nothing to resume."""

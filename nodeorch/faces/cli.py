@@ -100,15 +100,25 @@ def show_nodes(data: list[dict[str, Any]]) -> str:
     return table(rows, ["NAME", "VERSION", "DOCUMENT", "DRAINING", "REVISION", "DIGEST", "UPDATED"])
 
 
+def _update_cell(service: dict[str, Any]) -> str:
+    update = service.get("update")
+    if not update or update["state"] == "complete":
+        return ""
+    text = f"{update['state']} {update['done']}/{update['total']}"
+    return f"{text}: {update['reason']}" if update.get("reason") else text
+
+
 def show_services(data: list[dict[str, Any]]) -> str:
     rows = []
     for service in data:
         running = sum(1 for i in service["instances"] if i["state"] == "running")
         waiting = service.get("waiting", "")
-        rows.append((service["name"], f"{running}/{service['desired']}", "", "", "waiting" if waiting else "", waiting))
+        note = waiting or _update_cell(service)
+        rows.append((service["name"], f"{running}/{service['desired']}", "", "", "waiting" if waiting else "",
+                     "", service.get("digest", "-"), note))
         for i in service["instances"]:
-            rows.append(("", "", i["slot"], i["node"], i["state"], i["health"]))
-    return table(rows, ["SERVICE", "RUNNING", "SLOT", "NODE", "STATE", "HEALTH"])
+            rows.append(("", "", i["slot"], i["node"], i["state"], i["health"], i.get("digest", ""), ""))
+    return table(rows, ["SERVICE", "RUNNING", "SLOT", "NODE", "STATE", "HEALTH", "SPEC", "UPDATE"])
 
 
 def _size(size: int) -> str:
@@ -148,6 +158,8 @@ async def run_query(args: argparse.Namespace) -> int:
             data = await call(api, "POST", f"/v1/{args.command}", token)
             print(json.dumps(data) if args.json else f"{data['node']}: draining {'on' if data['draining'] else 'off'}")
             return EXIT_OK
+        if args.command == "service":
+            return await run_service_action(api, token, args)
         if args.command == "volume" and args.words[0] in ("delete", "salvage") and len(args.words) == 2:
             return await run_volume_action(api, token, args)
         if args.command == "volume":
@@ -177,6 +189,12 @@ async def run_query(args: argparse.Namespace) -> int:
             "services": show_services, "volumes": show_volumes, "jobs": show_jobs,
         }
         print(renderers[args.command](data))
+    return EXIT_OK
+
+
+async def run_service_action(api: str, token: str, args: argparse.Namespace) -> int:
+    data = await call(api, "POST", f"/v1/services/{args.name}/resume", token)
+    print(json.dumps(data) if args.json else f"{args.name}: update to {data['digest']} resumed (was {data['was']})")
     return EXIT_OK
 
 
@@ -311,6 +329,9 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--since", type=int, default=0, help="only events after this seq")
     query("services", "desired services and their instances across the cluster")
+    service = query("service", "act on a service: `service resume NAME` continues a paused or rolled-back update")
+    service.add_argument("action", choices=["resume"])
+    service.add_argument("name", metavar="NAME")
     query("volumes", "desired volumes: state, replicas, engine, placement")
     volume = query("volume", "one volume in full; `volume delete NAME`, `volume salvage NAME --from NODE`")
     volume.add_argument("words", nargs="+", metavar="NAME | delete NAME | salvage NAME",

@@ -18,12 +18,14 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from drivers.containers import logical_slot
 from gossip import parse_address
 from nodeorch import __version__
 from nodeorch.faces.agent_view import AgentView
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.request_policy import CUSTOM_HEADER, SAFE_METHODS, RequestPolicy
 from nodeorch.faces.volume_status import volumes_json
+from nodeorch.reconcile.service_runner import UpdateRequestError
 from nodeorch.reconcile.volume_requests import VolumeRequestError
 from nodeorch.spec.node_config import DEFAULT_API_PORT
 from nodeorch.state.node_document import decode_labels
@@ -112,13 +114,18 @@ def services_json(agent: AgentView) -> list[dict[str, Any]]:
             continue
         for record in document.instances:
             reported.setdefault(record.service, []).append(
-                {"slot": record.slot, "node": name, "state": record.state.value, "health": record.health.value,
-                 "since": round(record.since, 3)})
+                {"slot": logical_slot(record.slot), "node": name, "state": record.state.value,
+                 "health": record.health.value, "since": round(record.since, 3), "digest": record.digest,
+                 "instance": record.slot})
     out: list[dict[str, Any]] = []
     for spec in agent.desired_services():
         desired = sum(1 for a in agent.placement() if a.service == spec.name)
         instances = sorted(reported.pop(spec.name, []), key=lambda i: (str(i["slot"]), i["node"]))
-        entry = {"name": spec.name, "desired": desired, "instances": instances}
+        entry: dict[str, Any] = {"name": spec.name, "desired": desired, "digest": spec.digest,
+                                 "instances": instances}
+        rollout = agent.rollouts().get(spec.name)
+        if rollout is not None:
+            entry["update"] = rollout.to_json()
         if spec.volumes and desired < spec.scale:
             names = ", ".join(sorted({m.volume for m in spec.volumes}))
             entry["waiting"] = (f"{spec.scale - desired} of {spec.scale} slots wait for volume {names}: its replicas "
@@ -164,6 +171,14 @@ async def salvage_volume(request: web.Request) -> web.Response:
     try:
         return _json(await request.app[AGENT].salvage_volume(request.match_info["name"], trusted))
     except VolumeRequestError as error:
+        return _json({"error": str(error)}, status=error.status)
+
+
+async def resume_update(request: web.Request) -> web.Response:
+    await request.read()  # takes no body
+    try:
+        return _json(await request.app[AGENT].resume_update(request.match_info["name"]))
+    except UpdateRequestError as error:
         return _json({"error": str(error)}, status=error.status)
 
 
@@ -265,6 +280,7 @@ def build_app(agent: AgentView, policy: RequestPolicy) -> web.Application:
     app.router.add_post("/v1/undrain", undrain)
     app.router.add_post("/v1/volumes/{name}/delete", delete_volume)
     app.router.add_post("/v1/volumes/{name}/salvage", salvage_volume)
+    app.router.add_post("/v1/services/{name}/resume", resume_update)
     return app
 
 

@@ -8,10 +8,10 @@ them as jobs and publishes the outcome in its document.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from drivers.containers import InstanceSpec, InstanceState, InstanceStatus
+from drivers.containers import InstanceSpec, InstanceState, InstanceStatus, logical_slot, successor_slot
 from nodeorch.core.backoff import Backoff, BackoffPolicy
 from nodeorch.core.placement import Assignment, NodeView, RunningInstance, ServiceShape, place_services
 from nodeorch.spec.service_spec import ServiceSpec
@@ -56,6 +56,9 @@ class ServiceMemory:
     running_since: dict[str, float] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     counted_exit: dict[str, float] = field(default_factory=dict)
+    replaced_from: dict[str, str] = field(default_factory=dict)
+    """Per service, the digest this node last replaced for a rolling update (what a rollback of a
+    service whose every instance already runs the new spec goes back to)."""
 
     def backoff_for(self, spec: ServiceSpec) -> Backoff:
         policy = BackoffPolicy(initial=spec.restart_delay, maximum=spec.restart_max_delay)
@@ -70,7 +73,21 @@ def shape(spec: ServiceSpec) -> ServiceShape:
 
 
 def instance_spec(spec: ServiceSpec, slot: str) -> InstanceSpec:
+    """The instance of `spec` named `slot` (a logical slot, or a successor's name)."""
     return InstanceSpec(spec.name, slot, spec.digest, spec.command, spec.env, spec.image, spec.ports, spec.driver)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotTarget:
+    """What this node's slots of one service should run now (from the rolling update)."""
+
+    spec: ServiceSpec
+    """The desired spec, or, while an update rolls back, the spec it goes back to."""
+    replaceable: frozenset[str] | None = None
+    """Logical slots whose instance of another spec may be replaced now; None: every slot."""
+
+    def may_replace(self, slot: str) -> bool:
+        return self.replaceable is None or slot in self.replaceable
 
 
 def held_instances(
@@ -78,11 +95,12 @@ def held_instances(
 ) -> list[RunningInstance]:
     """Every instance that holds its slot for placement: other nodes' reports, and our own."""
     held = [
-        RunningInstance(r.service, r.slot, node, r.state in (InstancePhase.RUNNING, InstancePhase.STARTING))
+        RunningInstance(r.service, logical_slot(r.slot), node,
+                        r.state in (InstancePhase.RUNNING, InstancePhase.STARTING))
         for node, records in reported.items() if node != me
         for r in records if r.state.holds_slot
     ]
-    held += [RunningInstance(i.service, i.slot, me, i.state is InstanceState.RUNNING) for i in local]
+    held += [RunningInstance(i.service, logical_slot(i.slot), me, i.state is InstanceState.RUNNING) for i in local]
     return held
 
 
@@ -99,6 +117,85 @@ def placed_slots(specs: Iterable[ServiceSpec], nodes: Iterable[NodeView], runnin
     return placement
 
 
+def _running_first(instances: list[InstanceStatus]) -> list[InstanceStatus]:
+    return sorted(instances, key=lambda i: (i.state is not InstanceState.RUNNING, -i.started_at, i.slot))
+
+
+@dataclass(slots=True)
+class _SlotPass:
+    """One pass over this node's own slots: the decisions, and what they need to know."""
+
+    now: float
+    memory: ServiceMemory
+    unhealthy: set[str]
+    ready: Container[str]
+    decisions: list[Decision] = field(default_factory=list)
+
+    def own_slot(self, slot: str, desired: ServiceSpec, target: SlotTarget, here: list[InstanceStatus]) -> None:
+        spec = target.spec
+        current = _running_first([i for i in here if i.digest == spec.digest])
+        older = _running_first([i for i in here if i.digest != spec.digest])
+        grace = desired.stop_grace
+        for extra in current[1:] + older[1:]:
+            self.decisions.append(Stop(extra.service, extra.slot, grace, "another instance runs in its slot"))
+        if current:
+            self.keep(current[0], desired, spec)
+            if older and current[0].key in self.ready:
+                old = older[0]
+                self.decisions.append(Stop(old.service, old.slot, grace, "replaced by an instance of the new spec"))
+            elif older and older[0].state is not InstanceState.RUNNING:
+                self.decisions.append(Stop(older[0].service, older[0].slot, grace, "exited; replaced"))
+            return
+        if not older:
+            self.start(instance_spec(spec, slot), desired)
+            return
+        old = older[0]
+        if old.state is not InstanceState.RUNNING:
+            # A crash of an instance not yet updated restarts it on the target spec.
+            self.keep(old, desired, spec)
+            return
+        self.stable(old, desired)
+        if old.key in self.unhealthy:
+            self.recreate(old, desired, spec)
+        elif target.may_replace(slot):
+            self.memory.replaced_from[desired.name] = old.digest
+            if desired.update.order == "start-first" and not desired.volumes:
+                self.start(instance_spec(spec, successor_slot(old.slot, spec.digest)), desired)
+            else:
+                self.decisions.append(Replace(instance_spec(spec, old.slot), grace))
+
+    def stable(self, instance: InstanceStatus, desired: ServiceSpec) -> None:
+        """A running instance: its restart backoff resets once it ran STABLE_AFTER seconds."""
+        self.memory.running_since.setdefault(instance.key, self.now)
+        if self.now - self.memory.running_since[instance.key] >= STABLE_AFTER:
+            self.memory.backoff_for(desired).succeeded(instance.key)
+
+    def recreate(self, instance: InstanceStatus, desired: ServiceSpec, spec: ServiceSpec) -> None:
+        self.memory.restarts[instance.key] = self.memory.restarts.get(instance.key, 0) + 1
+        self.memory.running_since.pop(instance.key, None)
+        self.decisions.append(Replace(instance_spec(spec, instance.slot), desired.stop_grace))
+
+    def keep(self, instance: InstanceStatus, desired: ServiceSpec, spec: ServiceSpec) -> None:
+        """An instance in its slot: recreated when unhealthy, restarted in place after a crash."""
+        if instance.state is InstanceState.RUNNING:
+            self.stable(instance, desired)
+            if instance.key in self.unhealthy or instance.digest != spec.digest:
+                self.recreate(instance, desired, spec)
+            return
+        if self.memory.counted_exit.get(instance.key) != instance.started_at:
+            # Exited or failed: a crash, restarted in place after a backoff. Each exit counts once,
+            # even one so quick it was never seen running, so a crash loop cannot spin.
+            self.memory.counted_exit[instance.key] = instance.started_at
+            self.memory.running_since.pop(instance.key, None)
+            self.memory.backoff_for(desired).failed(instance.key, self.now)
+            self.memory.restarts[instance.key] = self.memory.restarts.get(instance.key, 0) + 1
+        self.start(instance_spec(spec, instance.slot), desired)
+
+    def start(self, spec: InstanceSpec, desired: ServiceSpec) -> None:
+        if self.now >= self.memory.backoff_for(desired).ready_at(spec.key):
+            self.decisions.append(Start(spec))
+
+
 def plan_services(
     now: float,
     me: str,
@@ -109,60 +206,49 @@ def plan_services(
     memory: ServiceMemory,
     unhealthy: Iterable[str] = (),
     volume_slots: Mapping[str, str] | None = None,
+    targets: Mapping[str, SlotTarget] | None = None,
+    ready: Container[str] = (),
 ) -> list[Decision]:
     """Decisions for this node. `reported`: node name -> instance records from its document;
     `unhealthy`: keys of this node's instances that every live observer judged unhealthy;
     `volume_slots`: "service/slot" -> node for the services that use volumes, placed where their
-    engines go (see volume_plan.volume_slots); such a slot moves stop-first."""
-    unhealthy = set(unhealthy)
+    engines go (see volume_plan.volume_slots); such a slot moves stop-first. `targets`: per
+    service, the spec to run and the slots a rolling update lets this node replace now (absent:
+    the desired spec, every slot at once); `ready`: keys of this node's instances that run and,
+    with a health check, are healthy (a start-first successor takes over from them)."""
     by_name = {s.name: s for s in specs}
-    held = {i.key: i for i in local}
-    running = held_instances(me, reported, held.values())
+    local = list(local)
+    running = held_instances(me, reported, local)
     placement = placed_slots(by_name.values(), nodes, running, volume_slots or {})
     mine = {f"{a.service}/{a.slot}": a for a in placement if a.node == me}
     owners = {f"{a.service}/{a.slot}": a.node for a in placement}
     # A handover completes when the new owner runs the instance, and, for a service with a health
     # check, when it is healthy: a move never lowers the number of healthy instances.
     running_elsewhere = {
-        (node, r.key)
+        (node, f"{r.service}/{logical_slot(r.slot)}")
         for node, records in reported.items() for r in records
         if r.state is InstancePhase.RUNNING
         and ((s := by_name.get(r.service)) is None or s.health is None or r.health is HealthStatus.HEALTHY)
     }
-    decisions: list[Decision] = []
-
+    here: dict[str, list[InstanceStatus]] = {}
+    for instance in local:
+        here.setdefault(instance.logical_key, []).append(instance)
+    slots = _SlotPass(now, memory, set(unhealthy), ready)
     for key, assignment in sorted(mine.items()):
-        spec = by_name[assignment.service]
-        backoff = memory.backoff_for(spec)
-        current = held.get(key)
-        if current is not None and current.state is InstanceState.RUNNING:
-            memory.running_since.setdefault(key, now)
-            if now - memory.running_since[key] >= STABLE_AFTER:
-                backoff.succeeded(key)
-            if current.digest != spec.digest or key in unhealthy:
-                if key in unhealthy:
-                    memory.restarts[key] = memory.restarts.get(key, 0) + 1
-                    memory.running_since.pop(key, None)
-                decisions.append(Replace(instance_spec(spec, assignment.slot), spec.stop_grace))
-            continue
-        if current is not None and memory.counted_exit.get(key) != current.started_at:
-            # Exited or failed: a crash, restarted in place after a backoff. Each exit counts once,
-            # even one so quick it was never seen running, so a crash loop cannot spin.
-            memory.counted_exit[key] = current.started_at
-            memory.running_since.pop(key, None)
-            backoff.failed(key, now)
-            memory.restarts[key] = memory.restarts.get(key, 0) + 1
-        if now >= backoff.ready_at(key):
-            decisions.append(Start(instance_spec(spec, assignment.slot)))
+        desired = by_name[assignment.service]
+        target = (targets or {}).get(desired.name) or SlotTarget(desired)
+        slots.own_slot(assignment.slot, desired, target, here.get(key, []))
+    decisions = slots.decisions
 
-    for key, instance in sorted(held.items()):
+    for instance in sorted(local, key=lambda i: i.key):
+        key = instance.logical_key
         if key in mine:
             continue
         declared = by_name.get(instance.service)
         grace = declared.stop_grace if declared else 10.0
         owner = owners.get(key)
         if declared is None or owner is None or instance.state is not InstanceState.RUNNING:
-            memory.handover_since.pop(key, None)
+            memory.handover_since.pop(instance.key, None)
             decisions.append(Stop(instance.service, instance.slot, grace,
                                   "no longer desired" if declared is None or owner is None else "exited"))
             continue
@@ -170,12 +256,12 @@ def plan_services(
             # Stop-first: its volume is unmounted here before the new owner's engine may start.
             decisions.append(Stop(instance.service, instance.slot, grace, f"moved to {owner} with its volume"))
             continue
-        since = memory.handover_since.setdefault(key, now)
+        since = memory.handover_since.setdefault(instance.key, now)
         if (owner, key) in running_elsewhere:
-            memory.handover_since.pop(key, None)
+            memory.handover_since.pop(instance.key, None)
             decisions.append(Stop(instance.service, instance.slot, grace, f"moved to {owner}, which runs it"))
         elif now - since >= HANDOVER_TIMEOUT:
-            memory.handover_since.pop(key, None)
+            memory.handover_since.pop(instance.key, None)
             decisions.append(Stop(instance.service, instance.slot, grace, f"moved to {owner}; handover timed out"))
     return decisions
 

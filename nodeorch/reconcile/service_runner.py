@@ -12,18 +12,22 @@ import logging
 import time
 from collections.abc import Callable, Collection, Container, Coroutine, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState, InstanceStatus
+from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState, InstanceStatus, logical_slot
 from gossip import Member, MemberState
 from nodeorch.core.placement import Assignment, NodeView
+from nodeorch.errors import NodeorchError
 from nodeorch.reconcile.cluster_view import node_views
 from nodeorch.reconcile.health_watch import HealthWatcher, Watched, instance_health, to_recreate
 from nodeorch.reconcile.job_table import Job, JobTable
+from nodeorch.reconcile.rolling_update import Rollout, SlotInstance, UpdateState, failure_mark, plan_rollout
 from nodeorch.reconcile.service_plan import (
     Decision,
     Replace,
     ServiceMemory,
+    SlotTarget,
     Start,
     Stop,
     held_instances,
@@ -31,11 +35,20 @@ from nodeorch.reconcile.service_plan import (
     placed_slots,
     plan_services,
 )
+from nodeorch.reconcile.update_marks import UpdateMarks
 from nodeorch.reconcile.work_queue import WorkQueue
 from nodeorch.spec.service_spec import ServiceSpec
+from nodeorch.spec.spec_history import SpecHistory
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument
-from nodeorch.state.records import HealthStatus, HealthVerdict, InstancePhase, InstanceRecord
+from nodeorch.state.records import (
+    HealthStatus,
+    HealthVerdict,
+    InstancePhase,
+    InstanceRecord,
+    UpdateAction,
+    UpdateMark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +102,7 @@ class ServiceHost(Protocol):
     def address_of(self, name: str) -> str | None: ...
 
     async def publish_instances(
-        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
+        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...], updates: tuple[UpdateMark, ...]
     ) -> None: ...
 
     def volume_slots(self) -> Mapping[str, str]:
@@ -99,9 +112,21 @@ class ServiceHost(Protocol):
         """The instance's volumes attached here, as bindings in the spec; DriverError if not yet."""
 
 
+class UpdateRequestError(NodeorchError):
+    """A resume cannot be done: no such service (404), or nothing to resume (409)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Published = tuple[tuple[InstanceRecord, ...], tuple[HealthVerdict, ...], tuple[UpdateMark, ...]]
+
+
 class ServiceRunner:
     def __init__(self, host: ServiceHost, drivers: Mapping[str, ContainerDriver],
-                 clock: Callable[[], float] = time.time, *, expect: int = 0, expect_timeout: float = 60.0) -> None:
+                 clock: Callable[[], float] = time.time, *, expect: int = 0, expect_timeout: float = 60.0,
+                 state_dir: Path | None = None) -> None:
         self._host = host
         self._drivers = dict(drivers)
         self._holder: dict[str, str] = {}
@@ -111,20 +136,28 @@ class ServiceRunner:
         self._wake = asyncio.Event()
         self.queue = WorkQueue(host.jobs, self._job_finished, clock=clock,
                                limits={kind: MAX_CONCURRENT_JOBS for kind in ("start", "stop", "replace")})
-        self._published: tuple[tuple[InstanceRecord, ...], tuple[HealthVerdict, ...]] | None = None
+        self._published: Published | None = None
         self._unsupported: set[str] = set()
         self._gate = PlacementGate(clock(), expect, expect_timeout)
         self._settled = False
         self._stopping = False
         self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name))
         self._health_map: dict[Watched, HealthStatus] = {}
+        self._history = SpecHistory(state_dir / "specs.json" if state_dir else None)
+        self._marks = UpdateMarks(state_dir / "updates.json" if state_dir else None)
+        self.rollouts: dict[str, Rollout] = {}
+        """Where each service's rolling update stands, as of the last pass."""
+        self._missing_specs: set[tuple[str, str]] = set()
 
     async def adopt(self) -> tuple[InstanceRecord, ...]:
         """What already runs here (from before a restart), for the agent's very first document:
         published empty, it would let other nodes think these slots are free and start them twice."""
         records = instance_records(await self._instances(), self._memory, self._clock())
-        self._published = (records, ())
+        self._published = (records, (), self._marks.marks)
         return records
+
+    def marks(self) -> tuple[UpdateMark, ...]:
+        return self._marks.marks
 
     def begin_shutdown(self) -> None:
         """The agent is stopping: no new job starts from now on (the ones running are cancelled)."""
@@ -219,11 +252,92 @@ class ServiceRunner:
             return
         self._settled = True
         recreate = self._watch_health(reported, local)
-        decisions = plan_services(now, self._host.name, self._specs(), self._nodes(), reported, local, self._memory,
-                                  recreate, self._host.volume_slots())
+        specs = self._specs()
+        own = self._records(local)
+        targets = self._roll(now, specs, reported, local, own)
+        ready = {r.key for r in own if r.state is InstancePhase.RUNNING and r.health is not HealthStatus.UNHEALTHY
+                 and (r.health is HealthStatus.HEALTHY or self._unchecked(r.service))}
+        decisions = plan_services(now, self._host.name, specs, self._nodes(), reported, local, self._memory,
+                                  recreate, self._host.volume_slots(), targets, ready)
         for decision in decisions:
             self._submit(decision)
         await self._publish(local)
+
+    def _unchecked(self, service: str) -> bool:
+        return any(s.name == service and s.health is None for s in self._host.desired_services())
+
+    def _roll(self, now: float, specs: list[ServiceSpec], reported: Mapping[str, tuple[InstanceRecord, ...]],
+              local: list[InstanceStatus], own: tuple[InstanceRecord, ...]) -> dict[str, SlotTarget]:
+        """Where each service's rolling update stands; this node's failing instances leave their
+        mark; returns what this node's slots should run and which it may replace now."""
+        me = self._host.name
+        self._history.remember(self._host.desired_services())
+        self._marks.prune((s.name, s.digest) for s in self._host.desired_services())
+        instances: dict[str, list[SlotInstance]] = {}
+        for node, records in {**reported, me: own}.items():
+            for r in records:
+                instances.setdefault(r.service, []).append(
+                    SlotInstance(logical_slot(r.slot), node, r.digest, r.state, r.health, r.since))
+        slots: dict[str, list[str]] = {}
+        for a in placed_slots(specs, self._nodes(), held_instances(me, reported, local), self._host.volume_slots()):
+            slots.setdefault(a.service, []).append(a.slot)
+        # Every document's marks, a dead node's too: a pause is the cluster's, not a member's.
+        marks = [m for name, d in self._host.documents.items() if name != me for m in d.updates]
+        targets: dict[str, SlotTarget] = {}
+        for spec in specs:
+            rollout = plan_rollout(now, spec, slots.get(spec.name, ()), instances.get(spec.name, ()),
+                                   [*marks, *self._marks.marks])
+            mine = [(slot, problem) for slot, node, problem in rollout.failures if node == me]
+            if rollout.state is UpdateState.UPDATING and mine:
+                previous = rollout.previous or self._memory.replaced_from.get(spec.name, "")
+                self._leave(failure_mark(now, rollout, spec, *mine[0], previous))
+                rollout = plan_rollout(now, spec, slots.get(spec.name, ()), instances.get(spec.name, ()),
+                                       [*marks, *self._marks.marks])
+            self._report(rollout)
+            targets[spec.name] = self._target(spec, rollout)
+        return targets
+
+    def _leave(self, mark: UpdateMark) -> None:
+        self._marks.leave(mark)
+        log.warning("%s: update of %s %s: %s", self._host.name, mark.service,
+                    "rolls back" if mark.action is UpdateAction.ROLLBACK else "paused", mark.reason)
+
+    def _report(self, rollout: Rollout) -> None:
+        before = self.rollouts.get(rollout.service)
+        self.rollouts[rollout.service] = rollout
+        if before is not None and before.state is not rollout.state:
+            self._host.events.append(f"update.{rollout.state.value}", service=rollout.service,
+                                     digest=rollout.target, done=rollout.done, total=rollout.total,
+                                     reason=rollout.reason or None)
+
+    def _target(self, spec: ServiceSpec, rollout: Rollout) -> SlotTarget:
+        if rollout.target == spec.digest:
+            return SlotTarget(spec, rollout.replaceable)
+        previous = self._history.find(spec.name, rollout.target)
+        if previous is not None:
+            return SlotTarget(previous, rollout.replaceable)
+        if (spec.name, rollout.target) not in self._missing_specs:
+            self._missing_specs.add((spec.name, rollout.target))
+            log.error("%s: cannot roll %s back to %s: this node never ran that spec; its instances stay",
+                      self._host.name, spec.name, rollout.target)
+        return SlotTarget(spec, frozenset())
+
+    async def resume(self, service: str) -> dict[str, Any]:
+        """The operator's resume: a mark newer than every pause or rollback of the update to the
+        desired spec, so the update continues (a failure after it pauses it again)."""
+        spec = next((s for s in self._host.desired_services() if s.name == service), None)
+        if spec is None:
+            raise UpdateRequestError(404, f"no service {service!r} in the desired state")
+        rollout = self.rollouts.get(service)
+        if rollout is None or rollout.state not in (UpdateState.PAUSED, UpdateState.ROLLING_BACK,
+                                                    UpdateState.ROLLED_BACK):
+            state = rollout.state.value if rollout else "not yet planned"
+            raise UpdateRequestError(409, f"the update of {service} is {state}: nothing to resume")
+        self._marks.leave(UpdateMark(service, spec.digest, UpdateAction.RESUMED, self._clock(),
+                                     "resumed by the operator"))
+        self._host.events.append("update.resumed", service=service, digest=spec.digest)
+        self.trigger()
+        return {"service": service, "digest": spec.digest, "resumed": True, "was": rollout.state.value}
 
     @property
     def settled(self) -> bool:
@@ -259,16 +373,19 @@ class ServiceRunner:
                             for w in [*watched, *mine] if w.service in specs}
         return to_recreate(mine, specs, self._health_map)
 
-    async def _publish(self, local: list[InstanceStatus]) -> None:
+    def _records(self, local: list[InstanceStatus]) -> tuple[InstanceRecord, ...]:
+        """This node's instance records, with their health as its observers judge it."""
         records = instance_records(local, self._memory, self._clock())
         me = self._host.name
         health_of = {(w.service, w.slot): status for w, status in self._health_map.items() if w.owner == me}
-        records = tuple(dataclasses.replace(r, health=health_of.get((r.service, r.slot), HealthStatus.UNKNOWN))
-                        for r in records)
-        verdicts = self._health.records()
-        if (records, verdicts) != self._published:
-            self._published = (records, verdicts)
-            await self._host.publish_instances(records, verdicts)
+        return tuple(dataclasses.replace(r, health=health_of.get((r.service, r.slot), HealthStatus.UNKNOWN))
+                     for r in records)
+
+    async def _publish(self, local: list[InstanceStatus]) -> None:
+        published = (self._records(local), self._health.records(), self._marks.marks)
+        if published != self._published:
+            self._published = published
+            await self._host.publish_instances(*published)
 
     def _submit(self, decision: Decision) -> None:
         """Queue a decision as a job; one already waiting or running for that slot is not queued twice
@@ -284,7 +401,7 @@ class ServiceRunner:
                 await act()
             except DriverError as failure:
                 log.warning("%s: %s %s failed: %s", self._host.name, kind, target, failure)
-                self._back_off(decision)
+                self._back_off(decision, failure)
                 raise
 
         self.queue.add(target, kind, action)
@@ -294,12 +411,19 @@ class ServiceRunner:
                                  error=job.error or None)
         self.trigger()  # publish the outcome, and decide what follows from it
 
-    def _back_off(self, decision: Decision) -> None:
-        """A failed start waits like a crash does, so a broken image or engine is not hammered."""
+    def _back_off(self, decision: Decision, failure: DriverError) -> None:
+        """A failed start waits like a crash does, so a broken image or engine is not hammered;
+        during a rolling update to that spec, it fails the update like a crash would."""
         if isinstance(decision, Start | Replace):
             spec = next((s for s in self._host.desired_services() if s.name == decision.spec.service), None)
-            if spec is not None:
-                self._memory.backoff_for(spec).failed(decision.spec.key, self._clock())
+            if spec is None:
+                return
+            self._memory.backoff_for(spec).failed(decision.spec.key, self._clock())
+            rollout = self.rollouts.get(spec.name)
+            if rollout is not None and rollout.state is UpdateState.UPDATING and decision.spec.digest == spec.digest:
+                previous = rollout.previous or self._memory.replaced_from.get(spec.name, "")
+                self._leave(failure_mark(self._clock(), rollout, spec, logical_slot(decision.spec.slot),
+                                         f"could not start on {self._host.name} ({failure})", previous))
 
     def _describe(self, decision: Decision) -> tuple[str, str, Callable[[], Coroutine[Any, Any, object]]]:
         match decision:

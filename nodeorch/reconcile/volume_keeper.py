@@ -22,7 +22,7 @@ from typing import Protocol
 
 from drivers.attach import Attacher, AttachError
 from drivers.attach.fuse_loop import FuseLoopAttacher, missing_tools
-from drivers.containers import DriverError, InstanceSpec, VolumeBinding
+from drivers.containers import DriverError, InstanceSpec, VolumeBinding, logical_slot
 from gossip import Member
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.reconcile.engine_keeper import EngineKeeper
@@ -125,7 +125,7 @@ class VolumeKeeper:
             raise DriverError(f"{spec.key}: this node cannot attach volumes: {self.attach_error}")
         bindings = []
         for mount in service.volumes:
-            volume = volume_for_slot(mount, spec.slot)
+            volume = volume_for_slot(mount, logical_slot(spec.slot))
             await self._engine_serving(volume)
             try:
                 if volume in self._attacher.attached():

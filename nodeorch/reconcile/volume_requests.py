@@ -11,7 +11,6 @@ lost): the named node's replica becomes the truth on every reachable replica.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,8 +24,9 @@ from nodeorch.reconcile.volume_plan import VolumeView
 from nodeorch.spec.desired import DesiredState
 from nodeorch.spec.volume_spec import VolumeSpec
 from nodeorch.state.event_log import EventLog
+from nodeorch.state.json_file import load_json, save_json
 from nodeorch.state.node_document import NodeDocument
-from nodeorch.state.records import EngineRecord, EngineState, VolumeDeletion
+from nodeorch.state.records import EngineRecord, EngineState, RecordError, VolumeDeletion
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +80,17 @@ class VolumeRequests:
 
     def _load_deletions(self) -> tuple[VolumeDeletion, ...]:
         path = self._deletions_file()
+        raw = load_json(path) if path is not None else None
         try:
-            raw = json.loads(path.read_text()) if path is not None else []
-            return tuple(VolumeDeletion.from_wire(entry) for entry in raw)[-MAX_DELETIONS:]
-        except FileNotFoundError:
-            return ()
-        except (OSError, ValueError, TypeError, AttributeError) as error:
+            return tuple(VolumeDeletion.from_wire(entry) for entry in raw or ())[-MAX_DELETIONS:]
+        except (RecordError, TypeError, AttributeError) as error:
             log.error("%s: unreadable, ignored: %s", path, error)
             return ()
 
     def _save_deletions(self) -> None:
         path = self._deletions_file()
         if path is not None:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            temp = path.with_suffix(".tmp")
-            temp.write_text(json.dumps([d.to_wire() for d in self.deletions]))
-            temp.replace(path)
+            save_json(path, [d.to_wire() for d in self.deletions])
 
     def _desired_volume(self, volume: str) -> VolumeSpec | None:
         desired = self._host.desired_state()

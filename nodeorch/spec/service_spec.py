@@ -50,6 +50,26 @@ class VolumeMount:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdatePolicy:
+    """How a change to a service's spec rolls out: [service.update]."""
+
+    parallelism: int = 1
+    """Instances replaced at once (one batch)."""
+    delay: float = 0.0
+    """Seconds between the end of one batch and the start of the next."""
+    order: str = "stop-first"
+    """stop-first: the old instance stops, then the new one starts (no two on a node at once;
+    forced for services with a volume). start-first: the new one starts beside the old one, which
+    stops once the new one runs (and is healthy): no gap, but both must fit on the node at once."""
+    failure_action: str = "pause"
+    """pause: the update stops cluster-wide until `nodeorch service resume` or a new spec;
+    rollback: every replaced instance goes back to the spec it ran before."""
+    monitor: float = 5.0
+    """A replaced instance must run (and stay healthy) this long before its batch is done; an exit
+    or an unhealthy verdict within it fails the update."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
     driver: str = "process"
@@ -66,12 +86,34 @@ class ServiceSpec:
     stop_grace: float = 10.0
     health: HealthSpec | None = None
     volumes: tuple[VolumeMount, ...] = ()
+    update: UpdatePolicy = UpdatePolicy()
 
     @property
     def digest(self) -> str:
-        """Changes whenever anything that shapes a running instance changes."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        """Changes whenever anything that shapes a running instance changes (what it runs, its
+        environment, health check, volumes, stop grace), and only then: a new scale, selector or
+        update policy replaces no instance."""
+        shaping = {key: value for key, value in asdict(self).items() if key in _SHAPING}
+        blob = json.dumps(shaping, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+_SHAPING = {"name", "driver", "image", "command", "env", "ports", "stop_grace", "health", "volumes"}
+
+
+def spec_to_json(spec: ServiceSpec) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def spec_from_json(raw: Mapping[str, Any]) -> ServiceSpec:
+    """A spec from spec_to_json's output; TypeError or ValueError when it is not one."""
+    fields: dict[str, Any] = {k: tuple(v) if k in ("command", "ports") else v for k, v in raw.items()}
+    health: dict[str, Any] | None = fields.pop("health", None)
+    if health is not None:
+        fields["health"] = HealthSpec(**{**health, "command": tuple(health.get("command", ()))})
+    fields["volumes"] = tuple(VolumeMount(**m) for m in fields.get("volumes", ()))
+    fields["update"] = UpdatePolicy(**fields.get("update", {}))
+    return ServiceSpec(**fields)
 
 
 def _table_line(text: str, kind: str, index: int, key: str, section: str = "") -> int | None:
@@ -177,7 +219,8 @@ def _ports(value: Any) -> tuple[int, ...]:
 
 
 _SERVICE_KEYS = ["name", "driver", "image", "command", "scale", "global", "spread", "node_selector", "env",
-                 "ports", "restart_delay", "restart_max_delay", "stop_grace", "health", "volumes"]
+                 "ports", "restart_delay", "restart_max_delay", "stop_grace", "health", "volumes", "update"]
+_UPDATE_KEYS = ["parallelism", "delay", "order", "failure_action", "monitor"]
 _MOUNT_KEYS = {"volume", "path", "per_slot"}
 
 
@@ -236,7 +279,9 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
     stop_grace = s.take("stop_grace", duration_value, 10.0)
     health_raw = s.take("health", lambda v: v if type(v) is dict else string_table(v), None)
     volumes = s.take("volumes", _mounts, ())
+    update_raw = s.take("update", _table, None)
     s.finish(_SERVICE_KEYS)
+    update = UpdatePolicy() if update_raw is None else _update_policy(s, update_raw, bool(volumes))
     health = None
     if health_raw is not None:
         h = TableReader(path, text, index, health_raw)
@@ -264,7 +309,30 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
             raise h.fail("command", "required for kind = \"exec\"")
         h.finish(_HEALTH_KEYS)
     return ServiceSpec(name, driver, image, command, scale, global_, spread, selector, env, ports,
-                       restart_delay, restart_max_delay, stop_grace, health, volumes)
+                       restart_delay, restart_max_delay, stop_grace, health, volumes, update)
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise TypeError("expected a table")
+    return value
+
+
+def _update_policy(s: TableReader, raw: dict[str, Any], has_volumes: bool) -> UpdatePolicy:
+    u = TableReader(s.path, s.text, s.index, raw)
+    u.label, u.section = s.label, "update"
+    policy = UpdatePolicy(
+        parallelism=u.take("parallelism", integer_in(1, 1000), 1),
+        delay=u.take("delay", duration_value, 0.0),
+        order=u.take("order", _choice("stop-first", "start-first"), "stop-first"),
+        failure_action=u.take("failure_action", _choice("pause", "rollback"), "pause"),
+        monitor=u.take("monitor", duration_value, 5.0),
+    )
+    if policy.order == "start-first" and has_volumes:
+        raise u.fail("order", "a service with a volume updates stop-first: its volume is mounted on one node "
+                              "at a time, so the new instance cannot start before the old one stops")
+    u.finish(_UPDATE_KEYS)
+    return policy
 
 
 def parse_services(path: Path, text: str, raw: list[dict[str, Any]]) -> tuple[ServiceSpec, ...]:

@@ -22,6 +22,7 @@ from nodeorch.state.records import (
     InstanceRecord,
     RecordError,
     ReplicaRecord,
+    UpdateMark,
     VolumeDeletion,
     decode_records,
 )
@@ -67,6 +68,8 @@ class NodeDocument:
     health: tuple[HealthVerdict, ...] = ()
     deletions: tuple[VolumeDeletion, ...] = ()
     """Volumes deleted through this node, which every node drops its replicas of."""
+    updates: tuple[UpdateMark, ...] = ()
+    """This node's marks on rolling updates (paused, rolling back, resumed), one per service."""
     skipped_records: int = field(default=0, compare=False)
     """Records of this document a receiver skipped for a state it does not know (not on the wire)."""
 
@@ -93,6 +96,7 @@ class NodeDocument:
             "engines": [e.to_wire() for e in self.engines],
             "health": [v.to_wire() for v in self.health],
             "deletions": [d.to_wire() for d in self.deletions],
+            "updates": [m.to_wire() for m in self.updates],
         }
 
 
@@ -100,7 +104,7 @@ _FIELDS = {
     "n": "name", "v": "version", "b": "boot_id", "av": "agent_version", "l": "labels", "d": "draining",
     "dr": "desired_revision", "dd": "desired_digest", "de": "desired_error", "api": "api", "ra": "replica_addr",
     "ae": "attach_error", "u": "updated_at", "i": "instances", "r": "replicas", "e": "engines", "h": "health",
-    "x": "deletions", "mr": "max_rebuilds",
+    "x": "deletions", "mr": "max_rebuilds", "up": "updates",
 }
 _KEYS = {v: k for k, v in _FIELDS.items()}
 
@@ -145,6 +149,7 @@ def _records(value: Any, what: str) -> tuple[Record, ...]:
 _SECTIONS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "instances": InstanceRecord.from_wire, "replicas": ReplicaRecord.from_wire,
     "engines": EngineRecord.from_wire, "health": HealthVerdict.from_wire, "deletions": VolumeDeletion.from_wire,
+    "updates": UpdateMark.from_wire,
 }
 
 

@@ -227,6 +227,39 @@ class VolumeDeletion:
                    at=float(_field(raw, "at", (int, float), 0.0)))
 
 
+class UpdateAction(enum.Enum):
+    PAUSED = "paused"
+    """An instance of the new spec failed: no further batch starts."""
+    ROLLBACK = "rollback"
+    """An instance of the new spec failed: replaced instances go back to `previous`."""
+    RESUMED = "resumed"
+    """The operator resumed (`nodeorch service resume`): earlier marks no longer hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateMark:
+    """A node's word on the rolling update of `service` to the spec with `digest`. The latest
+    mark (by `at`) of all nodes decides: paused or rolling back until a later resume."""
+
+    service: str
+    digest: str
+    action: UpdateAction
+    at: float
+    reason: str = ""
+    previous: str = ""
+    """The digest the failed instance ran before the update: what a rollback goes back to."""
+
+    def to_wire(self) -> dict[str, Scalar]:
+        return {"service": self.service, "digest": self.digest, "action": self.action.value,
+                "at": round(self.at, 3), "reason": self.reason, "previous": self.previous}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> UpdateMark:
+        return cls(service=_field(raw, "service", (str,)), digest=_field(raw, "digest", (str,)),
+                   action=_enum(UpdateAction, raw, "action"), at=_number(raw, "at"),
+                   reason=_field(raw, "reason", (str,), ""), previous=_field(raw, "previous", (str,), ""))
+
+
 @dataclass(frozen=True, slots=True)
 class EngineRecord:
     """The engine a node runs for a volume."""

@@ -9,17 +9,21 @@ import json
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from drivers.attach import MemoryAttacher
 from drivers.containers import DriverError, InstanceSpec, VolumeBinding
 from drivers.containers.memory import MemoryDriver
 from gossip import Member, MemberState
 from nodeorch.reconcile.job_table import JobTable
-from nodeorch.reconcile.service_runner import SETTLE_TIMEOUT, PlacementGate, ServiceRunner
-from nodeorch.spec.service_spec import ServiceSpec, VolumeMount
+from nodeorch.reconcile.rolling_update import UpdateState
+from nodeorch.reconcile.service_runner import SETTLE_TIMEOUT, PlacementGate, ServiceRunner, UpdateRequestError
+from nodeorch.spec.service_spec import ServiceSpec, UpdatePolicy, VolumeMount
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument
-from nodeorch.state.records import HealthVerdict, InstancePhase, InstanceRecord
+from nodeorch.state.records import HealthVerdict, InstancePhase, InstanceRecord, UpdateAction, UpdateMark
 
 
 class Host:
@@ -52,7 +56,7 @@ class Host:
         return self.services
 
     async def publish_instances(
-        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...]
+        self, records: tuple[InstanceRecord, ...], health: tuple[HealthVerdict, ...], updates: tuple[UpdateMark, ...]
     ) -> None:
         self.published.append(records)
 
@@ -182,3 +186,131 @@ async def test_a_stopping_runner_starts_no_job() -> None:
     runner.begin_shutdown()
     await runner.reconcile()
     assert driver.started == [] and len(host.jobs) == 0
+
+
+def new_spec(spec: ServiceSpec, **changes: Any) -> ServiceSpec:
+    return dataclasses.replace(spec, **changes)
+
+
+def update_state(runner: ServiceRunner) -> UpdateState:
+    return runner.rollouts["web"].state
+
+
+async def test_a_spec_change_replaces_instances_one_batch_at_a_time_stop_first() -> None:
+    v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=3, spread="none",
+                     update=UpdatePolicy(parallelism=1, delay=2.0, monitor=5.0))
+    now = [100.0]
+    host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    now[0] += SETTLE_TIMEOUT
+    async with jobs_running(runner) as settle:
+        await settle()
+        v2 = new_spec(v1, command=("web", "v2"))
+        host.services = (v2,)
+
+        def digests() -> list[str]:
+            return [driver.specs[f"web/{slot}"].digest for slot in range(3)]
+
+        await settle()
+        assert digests() == [v2.digest, v1.digest, v1.digest], "slot 0 first, alone"
+        assert update_state(runner) is UpdateState.UPDATING
+        now[0] += 4.9
+        await settle()
+        assert digests()[1] == v1.digest, "slot 0 has not run for its monitor time yet"
+        now[0] += 0.1 + 1.9
+        await settle()
+        assert digests()[1] == v1.digest, "the delay after the batch is not over"
+        now[0] += 0.1
+        await settle()
+        assert digests() == [v2.digest, v2.digest, v1.digest]
+        now[0] += 7.0
+        await settle()
+        now[0] += 7.0
+        await settle()
+        assert digests() == [v2.digest] * 3 and update_state(runner) is UpdateState.COMPLETE
+        assert len(await driver.instances()) == 3, "replaced in place: never two in a slot"
+        kinds = [e["kind"] for e in host.events.since(0)]
+        assert "update.complete" in kinds
+
+
+async def test_start_first_runs_the_new_instance_beside_the_old_until_it_is_running() -> None:
+    v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=1,
+                     update=UpdatePolicy(order="start-first", monitor=1.0))
+    now = [100.0]
+    host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    now[0] += SETTLE_TIMEOUT
+    async with jobs_running(runner) as settle:
+        await settle()
+        v2 = new_spec(v1, command=("web", "v2"))
+        host.services = (v2,)
+        await runner.reconcile()
+        await runner.queue.settled()
+        both = {i.slot: i.digest for i in await driver.instances()}
+        assert both == {"0": v1.digest, f"0_{v2.digest[:8]}": v2.digest}, "the old one still runs"
+        await settle()
+        assert {i.slot: i.digest for i in await driver.instances()} == {f"0_{v2.digest[:8]}": v2.digest}
+        record = host.published[-1][0]
+        assert (record.slot, record.digest) == (f"0_{v2.digest[:8]}", v2.digest)
+
+
+async def test_a_new_instance_that_crashes_pauses_the_update_until_resumed() -> None:
+    v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=3, spread="none",
+                     update=UpdatePolicy(monitor=10.0))
+    now = [100.0]
+    host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    now[0] += SETTLE_TIMEOUT
+    async with jobs_running(runner) as settle:
+        await settle()
+        v2 = new_spec(v1, command=("web", "v2"))
+        host.services = (v2,)
+        await settle()
+        now[0] += 1.0
+        driver.crash("web", "0")
+        await settle()
+        rollout = runner.rollouts["web"]
+        assert rollout.state is UpdateState.PAUSED and "web/0 exited on a" in rollout.reason
+        (mark,) = runner.marks()
+        assert mark.action is UpdateAction.PAUSED and mark.digest == v2.digest
+        for _ in range(3):
+            now[0] += 20.0
+            await settle()
+        assert [driver.specs[f"web/{slot}"].digest for slot in (1, 2)] == [v1.digest] * 2, "paused: no next batch"
+        assert update_state(runner) is UpdateState.PAUSED, "even once slot 0 runs again"
+
+        result = await runner.resume("web")
+        assert result["was"] == "paused"
+        await settle()
+        assert update_state(runner) is UpdateState.UPDATING
+        assert driver.specs["web/1"].digest == v2.digest, "the update goes on after the resume"
+        with pytest.raises(UpdateRequestError):
+            await runner.resume("nope")
+
+
+async def test_with_failure_action_rollback_the_failed_slot_goes_back_to_the_spec_it_ran() -> None:
+    v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=2, spread="none",
+                     update=UpdatePolicy(monitor=10.0, failure_action="rollback"))
+    now = [100.0]
+    host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
+    state = Path(tempfile.mkdtemp(prefix="services-"))
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0], state_dir=state)
+    now[0] += SETTLE_TIMEOUT
+    async with jobs_running(runner) as settle:
+        await settle()
+        v2 = new_spec(v1, command=("web", "v2"))
+        host.services = (v2,)
+        await settle()
+        now[0] += 1.0
+        driver.crash("web", "0")
+        await settle()
+        assert update_state(runner) is UpdateState.ROLLING_BACK
+        now[0] += 2.0  # its restart delay
+        await settle()
+        assert [driver.specs[f"web/{slot}"].digest for slot in (0, 1)] == [v1.digest] * 2
+        now[0] += 11.0
+        await settle()
+        assert update_state(runner) is UpdateState.ROLLED_BACK
+    # A restarted agent still knows: the mark and the spec to go back to are kept on disk.
+    again = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0], state_dir=state)
+    assert [m.action for m in again.marks()] == [UpdateAction.ROLLBACK]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nodeorch.spec.desired import parse_desired
 from nodeorch.spec.node_config import ConfigFileError
+from nodeorch.spec.service_spec import UpdatePolicy, spec_from_json, spec_to_json
 
 GOOD = b"""
 revision = 7
@@ -23,6 +26,12 @@ path = "/"
 interval = "500ms"
 strategy = "recreate_on_quorum"
 quorum = 1
+[service.update]
+parallelism = 2
+delay = "5s"
+order = "start-first"
+failure_action = "rollback"
+monitor = "30s"
 
 [[service]]
 name = "agent-sidecar"
@@ -41,6 +50,16 @@ def test_a_good_file_is_read_with_defaults() -> None:
     assert web.health is not None and web.health.interval == 0.5 and web.health.unhealthy_threshold == 3
     assert sidecar.global_ and sidecar.node_selector == {"disk": "ssd"} and sidecar.driver == "docker"
     assert web.digest != parse_desired(GOOD.replace(b'"demo"', b'"prod"')).services[0].digest
+    assert web.update == UpdatePolicy(parallelism=2, delay=5.0, order="start-first", failure_action="rollback",
+                                      monitor=30.0)
+    assert sidecar.update == UpdatePolicy(), "stop-first, one at a time, pause on failure"
+    assert web.digest == parse_desired(GOOD.replace(b'parallelism = 2', b'parallelism = 1')).services[0].digest
+
+
+def test_a_remembered_spec_reads_back_the_same() -> None:
+    for spec in parse_desired(GOOD).services:
+        again = spec_from_json(json.loads(json.dumps(spec_to_json(spec))))
+        assert again == spec and again.digest == spec.digest
 
 
 @pytest.mark.parametrize(
@@ -63,6 +82,12 @@ def test_a_good_file_is_read_with_defaults() -> None:
         ((b'env = { MODE = "demo" }', b'env = { MODE = 1 }'), "service[web].env: expected a table of strings"),
         ((b'name = "web"', b'name = "Web_1"'), "service[Web_1].name: 'Web_1': lowercase letters"),
         ((b'quorum = 1', b'quorum = 1\nretries = 3'), "desired.toml:17: service[web].health.retries: unknown key"),
+        ((b'order = "start-first"', b'order = "blue-green"'),
+         "desired.toml:20: service[web].update.order: 'blue-green': expected stop-first or start-first"),
+        ((b'parallelism = 2', b'parallelism = 0'), "service[web].update.parallelism: expected an integer from 1"),
+        ((b'monitor = "30s"', b'monitor = "30s"\nwatch = 1'), "service[web].update.watch: unknown key"),
+        ((b'ports = [8080]', b'ports = [8080]\nvolumes = [{ volume = "db", path = "/d" }]'),
+         "service[web].update.order: a service with a volume updates stop-first"),
     ],
 )
 def test_each_class_of_mistake_has_its_precise_error(patch: tuple[bytes, bytes], expected: str | None) -> None:

@@ -17,6 +17,8 @@ from nodeorch.faces.http_api import services_json, status_json
 from nodeorch.faces.metrics import render_metrics
 from nodeorch.faces.volume_status import volumes_json
 from nodeorch.reconcile.job_table import JobTable
+from nodeorch.reconcile.rolling_update import Rollout, UpdateState
+from nodeorch.reconcile.service_runner import UpdateRequestError
 from nodeorch.reconcile.volume_requests import VolumeRequestError
 from nodeorch.spec.desired import DesiredStatus, parse_desired
 from nodeorch.spec.node_config import parse_node_config
@@ -98,6 +100,14 @@ class StandIn:
     async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]:
         raise VolumeRequestError(409, f"{volume} is served")
 
+    def rollouts(self) -> Mapping[str, Rollout]:
+        web = DESIRED.services[0]
+        return {"web": Rollout("web", web.digest, web.digest, UpdateState.PAUSED, 1, 2, frozenset(),
+                               (("1", "b", "exited on b"),), "web/1 exited on b during the update")}
+
+    async def resume_update(self, service: str) -> dict[str, Any]:
+        raise UpdateRequestError(404, f"no service {service!r}")
+
 
 def view() -> AgentView:
     return StandIn()
@@ -117,6 +127,15 @@ def test_services_show_live_nodes_instances_and_skip_dead_nodes() -> None:
     assert web["name"] == "web" and web["desired"] == 2
     assert [(i["slot"], i["node"], i["state"], i["health"]) for i in web["instances"]] == [
         ("0", "a", "running", "healthy"), ("1", "b", "starting", "unknown")]
+
+
+def test_services_show_each_instance_spec_digest_and_where_the_update_stands() -> None:
+    (web,) = services_json(view())
+    assert web["digest"] == DESIRED.services[0].digest
+    assert all("digest" in i for i in web["instances"])
+    assert web["update"]["state"] == "paused" and (web["update"]["done"], web["update"]["total"]) == (1, 2)
+    assert web["update"]["failures"] == [{"slot": "1", "node": "b", "problem": "exited on b"}]
+    assert "exited" in web["update"]["reason"]
 
 
 def test_metrics_have_one_family_per_meaning_and_follow_the_naming_rules() -> None:
