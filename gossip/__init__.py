@@ -6,6 +6,7 @@ Knows nothing of nodeorch; it could be published on its own. Start with `GossipN
 from gossip._config import GossipConfig, lan, local, profile, wan
 from gossip._crypto import Keyring, Sealer, generate_key, key_id, parse_key
 from gossip._errors import (
+    BadEventName,
     ClosedError,
     ConfigError,
     DecodeError,
@@ -16,7 +17,7 @@ from gossip._errors import (
     PeerRefused,
     TransportError,
 )
-from gossip._events import AppStateEvent, Event, EventKind, MemberEvent
+from gossip._events import AppStateEvent, Event, EventKind, MemberEvent, UserEvent
 from gossip._members import Member
 from gossip._memnet import Link, MemoryNetwork, MemoryTransport
 from gossip._messages import Address, MemberState
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_PORT",
     "Address",
     "AppStateEvent",
+    "BadEventName",
     "ClosedError",
     "ConfigError",
     "DecodeError",
@@ -53,6 +55,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "UdpTcpTransport",
+    "UserEvent",
     "generate_key",
     "key_id",
     "lan",

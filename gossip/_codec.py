@@ -36,6 +36,7 @@ from gossip._messages import (
     PushPull,
     PushPullReply,
     Suspect,
+    UserEventMessage,
 )
 
 MAX_UINT64 = 2**64 - 1
@@ -112,6 +113,8 @@ def _fields(message: Message) -> list[Any]:
             return [MessageType.APP_PULL, list(message.nodes)]
         case AppData():
             return [MessageType.APP_DATA, [_app(r) for r in message.records]]
+        case UserEventMessage():
+            return [MessageType.USER_EVENT, message.origin, message.ltime, message.name, message.payload]
     raise TypeError(f"not a wire message: {message!r}")
 
 
@@ -158,6 +161,9 @@ class _Fields:
     def name(self) -> str:
         return self._codec.check_name(self._next())
 
+    def event_name(self) -> str:
+        return self._codec.check_event_name(self._next())
+
     def addr(self) -> Address:
         host = self._next()
         port = self._next()
@@ -201,6 +207,7 @@ class Codec:
             MessageType.PUSH_PULL_REPLY: self._push_pull_reply,
             MessageType.APP_PULL: self._app_pull,
             MessageType.APP_DATA: lambda f: AppData(self._app_records(f.array())),
+            MessageType.USER_EVENT: self._user_event,
         }
 
     # Field checks --------------------------------------------------------------------------------
@@ -239,6 +246,19 @@ class Codec:
 
     def _app_state(self, f: _Fields) -> AppState:
         return AppState(f.name(), f.uint(), f.blob(self._max_app, optional=True))
+
+    def check_event_name(self, value: Any) -> str:
+        if type(value) is not str or not 0 < len(value) <= 128 or not value.isprintable():
+            raise DecodeError("bad_event", "event name: 1 to 128 printable characters")
+        return value
+
+    def _user_event(self, f: _Fields) -> UserEventMessage:
+        origin, ltime, name = f.name(), f.uint(), f.event_name()
+        payload = f.blob(self.config.max_user_event_size)
+        assert payload is not None
+        if len(name.encode()) + len(payload) > self.config.max_user_event_size:
+            raise DecodeError("oversized", f"user event of {len(name.encode()) + len(payload)} bytes")
+        return UserEventMessage(origin, ltime, name, payload)
 
     def _member_records(self, items: list[Any]) -> tuple[MemberRecord, ...]:
         records = []

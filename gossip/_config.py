@@ -81,6 +81,8 @@ class GossipConfig:
     """App state up to this size rides inside the broadcast itself; larger is fetched over TCP."""
     max_name_length: int = 128
     """Node names longer than this are refused on the wire."""
+    max_user_event_size: int = 512
+    """A user event's name and payload together (Serf's limit): it rides in gossip packets."""
 
     # Replay protection ---------------------------------------------------------------------------
     replay_window: int = 1024
@@ -111,6 +113,7 @@ class GossipConfig:
             (self.max_app_state_size >= 0, "max_app_state_size must be >= 0"),
             (self.inline_app_state_size <= self.max_packet_size // 2, "inline_app_state_size too large"),
             (1 <= self.max_name_length <= 255, "max_name_length must be in [1, 255]"),
+            (0 < self.max_user_event_size <= self.max_packet_size // 2, "max_user_event_size out of range"),
             (self.replay_window >= 64, "replay_window must be >= 64"),
         ]
         for ok, message in checks:

@@ -28,6 +28,10 @@ class PayloadTooLarge(GossipError, ValueError):
     """Metadata or app state beyond the configured limit; refused before it leaves this node."""
 
 
+class BadEventName(GossipError, ValueError):
+    """A user event's name is empty, too long or not printable; refused before it leaves."""
+
+
 class TransportError(GossipError):
     """A send or TCP exchange failed (transient: the peer may be down or the network lossy)."""
 

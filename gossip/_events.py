@@ -42,4 +42,16 @@ class AppStateEvent:
     at: float
 
 
-Event = MemberEvent | AppStateEvent
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """An application's event, sent by `origin` to every member; delivered once per member."""
+
+    origin: str
+    ltime: int
+    """The origin's Lamport time when it sent the event."""
+    name: str
+    payload: bytes
+    at: float
+
+
+Event = MemberEvent | AppStateEvent | UserEvent

@@ -39,6 +39,7 @@ class MessageType(enum.IntEnum):
     PUSH_PULL_REPLY = 9
     APP_PULL = 10
     APP_DATA = 11
+    USER_EVENT = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,17 @@ class AppState:
 
 
 @dataclass(frozen=True, slots=True)
+class UserEventMessage:
+    """An application's event for every member (Serf's user events): `ltime` is the origin's
+    Lamport time, which with `origin` and `name` identifies it for deduplication."""
+
+    origin: str
+    ltime: int
+    name: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class MemberRecord:
     """One member as pushed and pulled in anti-entropy."""
 
@@ -168,7 +180,8 @@ Message = (
     | PushPullReply
     | AppPull
     | AppData
+    | UserEventMessage
 )
 
-PACKET_MESSAGES = (Ping, IndirectPing, Ack, Nack, Suspect, Alive, Dead, AppState)
+PACKET_MESSAGES = (Ping, IndirectPing, Ack, Nack, Suspect, Alive, Dead, AppState, UserEventMessage)
 """Messages allowed in UDP packets; the rest travel only over TCP streams."""

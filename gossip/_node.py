@@ -302,6 +302,11 @@ class GossipNode:
     async def set_app_state(self, data: bytes) -> None:
         self._run(self.core.set_app_state(self._now(), data))
 
+    async def send_event(self, name: str, payload: bytes = b"") -> None:
+        """Send a user event to every member, this one included (a UserEvent on each one's event
+        stream, once); PayloadTooLarge beyond `max_user_event_size`, BadEventName for a bad name."""
+        self._run(self.core.send_user_event(self._now(), name, payload))
+
     async def leave(self, timeout: float = 5.0) -> bool:
         """Tell the cluster we are leaving; True if the news went out before the timeout."""
         self._run(self.core.leave(self._now()))

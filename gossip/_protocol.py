@@ -18,8 +18,8 @@ from gossip._awareness import Awareness
 from gossip._broadcasts import BroadcastQueue
 from gossip._codec import MAX_PACKET_MESSAGES, Codec, encode, encode_packet, header_size
 from gossip._config import GossipConfig
-from gossip._errors import DecodeError, PayloadTooLarge
-from gossip._events import AppStateEvent, Event, EventKind, MemberEvent
+from gossip._errors import BadEventName, DecodeError, PayloadTooLarge
+from gossip._events import AppStateEvent, Event, EventKind, MemberEvent, UserEvent
 from gossip._members import Member, MemberTable, Outcome
 from gossip._messages import (
     Ack,
@@ -39,8 +39,10 @@ from gossip._messages import (
     PushPull,
     PushPullReply,
     Suspect,
+    UserEventMessage,
 )
 from gossip._suspicion import SuspicionTimer
+from gossip._user_events import UserEventClock
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,7 @@ class GossipCore:
         self._app: dict[str, tuple[int, bytes]] = {}
         self._app_floor = 0
         self._fetching: set[str] = set()
+        self._user_events = UserEventClock()
 
         def jitter(period: float) -> float:
             return now + period * rng.random()
@@ -465,6 +468,8 @@ class GossipCore:
                 self._apply_dead(now, message, out)
             case AppState():
                 self._apply_app_announce(now, message, src, out)
+            case UserEventMessage():
+                self._apply_user_event(now, message, out)
             case _:
                 self.stats["drop_unexpected"] += 1
 
@@ -851,6 +856,29 @@ class GossipCore:
     def _announce_app(self, node: str, version: int, data: bytes) -> None:
         inline = data if len(data) <= self.config.inline_app_state_size else None
         self._queue.queue(("a", node), encode(AppState(node, version, inline)))
+
+    # User events -------------------------------------------------------------------------------------
+
+    def send_user_event(self, now: float, name: str, payload: bytes) -> list[Action]:
+        """Send an event to every member (this one included); PayloadTooLarge beyond the limit."""
+        size = len(name.encode()) + len(payload)
+        if size > self.config.max_user_event_size:
+            raise PayloadTooLarge(f"user event is {size} bytes; the limit is {self.config.max_user_event_size}")
+        if not 0 < len(name) <= 128 or not name.isprintable():
+            raise BadEventName(f"event name {name[:40]!r}: 1 to 128 printable characters")
+        out: list[Action] = []
+        stamp = self._user_events.stamp(now + self._clock_offset)
+        self._apply_user_event(now, UserEventMessage(self.name, stamp, name, payload), out)
+        return out
+
+    def _apply_user_event(self, now: float, message: UserEventMessage, out: list[Action]) -> None:
+        if not self._user_events.accept(message.origin, message.ltime, message.name, now + self._clock_offset):
+            self.stats["user_events_duplicate"] += 1
+            return
+        self.stats["user_events"] += 1
+        self._queue.queue(("u", message.origin, message.ltime, message.name), encode(message))
+        out.append(EmitEvent(UserEvent(message.origin, message.ltime, message.name, message.payload,
+                                       now + self._clock_offset)))
 
     # Lifetime --------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from gossip import EventKind, Link, MemberEvent, MemberState, lan
+from gossip import EventKind, Link, MemberEvent, MemberState, UserEvent, lan
 from gossip._memnet import MemoryNetwork
 from gossip._simulation import SimNode, Simulation
 
@@ -155,3 +155,37 @@ def test_a_node_restarted_without_seeds_relearns_the_cluster_from_the_first_prob
     started = sim.now
     assert sim.run_for(10, stop=lambda: len(sim.nodes["node-0"].core.names_in_state(MemberState.ALIVE)) == 10)
     assert sim.now - started < 3, "one probe from anyone, then one push-pull"
+
+
+def user_events(node: SimNode) -> list[UserEvent]:
+    return [e for e in node.events if isinstance(e, UserEvent)]
+
+
+def test_a_user_event_reaches_every_member_once_under_10_percent_loss() -> None:
+    network = MemoryNetwork(random.Random(29))
+    sim = joined_cluster(100, seed=29, network=network)
+    network.default = Link(loss=0.10, delay=0.001, jitter=0.002)
+    sender = sim.nodes["node-17"]
+    sim._apply(sender, sender.core.send_user_event(sim.now, "deploy", b'{"version": 7}'))
+    sim._apply(sender, sender.core.send_user_event(sim.now, "deploy", b'{"version": 8}'))
+    assert sim.run_for(10, stop=lambda: all(len(user_events(n)) == 2 for n in sim.running()))
+    sim.run_for(20)  # every retransmission done: still once each
+    for node in sim.running():
+        received = sorted(user_events(node), key=lambda e: e.ltime)  # gossip may bring them in any order
+        assert [(e.origin, e.name, e.payload) for e in received] == [
+            ("node-17", "deploy", b'{"version": 7}'), ("node-17", "deploy", b'{"version": 8}')], node.name
+    assert sim.stats()["user_events_duplicate"] > 0, "gossip did bring copies, and they were dropped"
+
+
+def test_a_restarted_member_events_are_not_taken_for_its_earlier_ones() -> None:
+    sim = joined_cluster(5, seed=31)
+    sender = sim.nodes["node-2"]
+    sim._apply(sender, sender.core.send_user_event(sim.now, "ping", b""))
+    assert sim.run_for(5, stop=lambda: all(len(user_events(n)) == 1 for n in sim.running()))
+    sim.kill("node-2")
+    sim.run_for(1)
+    restarted = sim.restart("node-2")
+    sim.join("node-2", ["node-0"])
+    assert sim.run_for(30, stop=sim.converged)
+    sim._apply(restarted, restarted.core.send_user_event(sim.now, "ping", b""))
+    assert sim.run_for(5, stop=lambda: len(user_events(sim.nodes["node-0"])) == 2)

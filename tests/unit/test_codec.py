@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import random
 
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossip import DecodeError, lan
+from gossip import BadEventName, DecodeError, PayloadTooLarge, lan
 from gossip._codec import Codec, encode, encode_packet
 from gossip._messages import (
     Ack,
@@ -28,7 +29,9 @@ from gossip._messages import (
     PushPull,
     PushPullReply,
     Suspect,
+    UserEventMessage,
 )
+from gossip._protocol import GossipCore
 
 CODEC = Codec(lan())
 uint = st.integers(0, 2**64 - 1)
@@ -52,6 +55,7 @@ packet_messages = st.one_of(
     st.builds(Alive, uint, names, addrs, meta),
     st.builds(Dead, uint, names, names),
     st.builds(AppState, names, uint, st.one_of(st.none(), st.binary(max_size=512))),
+    st.builds(UserEventMessage, names, uint, names, st.binary(max_size=256)),
 )
 stream_messages = st.one_of(
     packet_messages,
@@ -154,4 +158,24 @@ def test_mutated_valid_packets_never_raise_anything_but_decode_error(
         except DecodeError:
             continue
         assert all(type(m).__name__ in {t.__name__ for t in (Ping, IndirectPing, Ack, Nack, Suspect,
-                   Alive, Dead, AppState)} for m in decoded)
+                   Alive, Dead, AppState, UserEventMessage)} for m in decoded)
+
+
+def test_a_user_event_round_trips_and_an_oversized_or_badly_named_one_is_refused() -> None:
+    codec = Codec(lan())
+    event = UserEventMessage("node-1", 1_700_000_000_000, "deploy", b'{"v": 2}')
+    assert codec.decode_packet(encode_packet([encode(event)])) == [event]
+    too_big = UserEventMessage("node-1", 1, "deploy", b"x" * 510)
+    with pytest.raises(DecodeError, match="oversized"):
+        codec.decode_packet(encode_packet([encode(too_big)]))
+    unnamed = UserEventMessage("node-1", 1, "", b"")
+    with pytest.raises(DecodeError, match="bad_event"):
+        codec.decode_packet(encode_packet([encode(unnamed)]))
+
+
+def test_sending_a_user_event_beyond_the_limit_or_with_a_bad_name_is_refused_before_it_leaves() -> None:
+    core = GossipCore(lan(), name="a", addr=("127.0.0.1", 7946), meta=b"", now=0.0, rng=random.Random(1))
+    with pytest.raises(PayloadTooLarge):
+        core.send_user_event(0.0, "deploy", b"x" * 600)
+    with pytest.raises(BadEventName):
+        core.send_user_event(0.0, "bad\nname", b"")
