@@ -8,6 +8,7 @@ discovery, stop the endpoint, close the node.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import gc
@@ -24,6 +25,7 @@ from drivers.containers.docker import DockerDriver
 from drivers.containers.process import ProcessDriver
 from gossip import (
     AppStateEvent,
+    BadEventName,
     EventStream,
     GossipError,
     GossipNode,
@@ -32,6 +34,8 @@ from gossip import (
     Member,
     MemberEvent,
     MemberState,
+    PayloadTooLarge,
+    UserEvent,
     profile,
 )
 from nodeorch import __version__
@@ -39,7 +43,8 @@ from nodeorch.core.backoff import BackoffPolicy
 from nodeorch.core.placement import Assignment
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.errors import NodeorchError
-from nodeorch.faces.http_api import ApiServer
+from nodeorch.faces.event_hooks import HookRunner
+from nodeorch.faces.http_api import ApiServer, UserEventError
 from nodeorch.reconcile.engine_keeper import EngineKeeper
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.replica_server_keeper import ReplicaServerKeeper
@@ -99,6 +104,7 @@ class Agent:
         self.jobs = JobTable()
         self._runner: ServiceRunner | None = None
         self._volumes: VolumeKeeper | None = None
+        self.hooks = HookRunner(self.name, config.hooks, self.events)
 
     # Views for the status endpoint -------------------------------------------------------------------
 
@@ -227,6 +233,7 @@ class Agent:
                     tasks.create_task(self._runner.run()),
                     tasks.create_task(replica_server.run(self._volumes_desired, self._publish_replicas)),
                     tasks.create_task(self._volumes.run()),
+                    tasks.create_task(self.hooks.run()),
                 ]
                 if not joined:
                     workers.append(tasks.create_task(self._keep_joining()))
@@ -402,6 +409,25 @@ class Agent:
                 self._trigger()
             elif isinstance(event, AppStateEvent):
                 self._receive_document(event)
+            elif isinstance(event, UserEvent):
+                self._receive_user_event(event)
+
+    def _receive_user_event(self, event: UserEvent) -> None:
+        try:
+            payload: dict[str, Any] = {"payload": event.payload.decode()}
+        except UnicodeDecodeError:
+            payload = {"payload_base64": base64.b64encode(event.payload).decode()}
+        self.events.append(f"user.{event.name}", origin=event.origin, stamp=event.ltime, **payload)
+
+    async def send_event(self, name: str, payload: bytes) -> None:
+        """A user event to every node, this one included (UserEventError when refused)."""
+        try:
+            await self.node.send_event(name, payload)
+        except (BadEventName, PayloadTooLarge) as error:
+            raise UserEventError(str(error)) from None
+
+    def hook_stats(self) -> dict[str, dict[str, int]]:
+        return self.hooks.stats()
 
     def _receive_document(self, event: AppStateEvent) -> None:
         document = self.documents.receive(event.node, event.data)

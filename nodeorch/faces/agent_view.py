@@ -54,6 +54,12 @@ class AgentView(Protocol):
 
     async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]: ...
 
+    async def send_event(self, name: str, payload: bytes) -> None:
+        """A user event to every node; UserEventError when its name or size is refused."""
+
+    def hook_stats(self) -> dict[str, dict[str, int]]:
+        """Per [[hook]]: runs ok, failed, timed_out, and events dropped."""
+
     def rollouts(self) -> Mapping[str, Rollout]:
         """Where each service's rolling update stands, as this node computes it."""
 

@@ -25,8 +25,9 @@ import aiohttp
 from nodeorch import __version__
 from nodeorch.faces.client import AgentProblem, Unreachable, agent_session, call
 from nodeorch.faces.tables import ago, table
-from nodeorch.spec.node_config import DEFAULT_API, DEFAULT_CONFIG_PATH, ConfigFileError, NodeConfig, load_node_config
+from nodeorch.spec.node_config import DEFAULT_API, DEFAULT_CONFIG_PATH, NodeConfig, load_node_config
 from nodeorch.spec.secret_files import KeyringFileError, load_token
+from nodeorch.spec.toml_tables import ConfigFileError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 SALVAGE_TIMEOUT = 900.0
@@ -160,6 +161,11 @@ async def run_query(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command == "service":
             return await run_service_action(api, token, args)
+        if args.command == "event":
+            data = await call(api, "POST", "/v1/events", token, {"name": args.name, "payload": args.payload})
+            print(json.dumps(data) if args.json else f"user event {data['name']} ({data['size']} bytes) sent to "
+                  "every node")
+            return EXIT_OK
         if args.command == "volume" and args.words[0] in ("delete", "salvage") and len(args.words) == 2:
             return await run_volume_action(api, token, args)
         if args.command == "volume":
@@ -328,6 +334,10 @@ def parser() -> argparse.ArgumentParser:
     events = query("events", "the event log; -f to follow")
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--since", type=int, default=0, help="only events after this seq")
+    event = query("event", "send a user event to every node (shown in their events, fed to their hooks)")
+    event.add_argument("name", metavar="NAME", help="letters, digits, '_', '.', ':', '-' (at most 64)")
+    event.add_argument("payload", metavar="PAYLOAD", nargs="?", default="",
+                       help="text that goes with it (name and payload: at most 512 bytes)")
     query("services", "desired services and their instances across the cluster")
     service = query("service", "act on a service: `service resume NAME` continues a paused or rolled-back update")
     service.add_argument("action", choices=["resume"])

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -174,6 +175,32 @@ async def salvage_volume(request: web.Request) -> web.Response:
         return _json({"error": str(error)}, status=error.status)
 
 
+class UserEventError(ValueError):
+    """A user event is refused: a bad name, or too large."""
+
+
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+async def send_event(request: web.Request) -> web.Response:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return _json({"error": 'expected a JSON body: {"name": "NAME", "payload": "TEXT"}'}, status=400)
+    name = body.get("name") if isinstance(body, dict) else None
+    payload = body.get("payload", "") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not _EVENT_NAME.match(name):
+        return _json({"error": "name: 1 to 64 letters, digits, '_', '.', ':', '-', starting with a letter or digit"},
+                     status=400)
+    if not isinstance(payload, str):
+        return _json({"error": "payload: expected a string"}, status=400)
+    try:
+        await request.app[AGENT].send_event(name, payload.encode())
+    except UserEventError as error:
+        return _json({"error": str(error)}, status=413)
+    return _json({"name": name, "size": len(name.encode()) + len(payload.encode())})
+
+
 async def resume_update(request: web.Request) -> web.Response:
     await request.read()  # takes no body
     try:
@@ -281,6 +308,7 @@ def build_app(agent: AgentView, policy: RequestPolicy) -> web.Application:
     app.router.add_post("/v1/volumes/{name}/delete", delete_volume)
     app.router.add_post("/v1/volumes/{name}/salvage", salvage_volume)
     app.router.add_post("/v1/services/{name}/resume", resume_update)
+    app.router.add_post("/v1/events", send_event)
     return app
 
 

@@ -141,6 +141,14 @@ def render_metrics(agent: AgentView) -> str:
     for (state, health), count in sorted(instances.items()):
         out.sample("nodeorch_instances", count, state=state, health=health)
     _volumes(out, agent)
+    hooks = agent.hook_stats()
+    out.family("nodeorch_hook_runs_total", "counter", "Runs of each [[hook]], by result")
+    for hook, counts in sorted(hooks.items()):
+        for result in ("ok", "failed", "timed_out"):
+            out.sample("nodeorch_hook_runs_total", counts[result], hook=hook, result=result)
+    out.family("nodeorch_hook_events_dropped_total", "counter", "Events a hook never saw: too many waited")
+    for hook, counts in sorted(hooks.items()):
+        out.sample("nodeorch_hook_events_dropped_total", counts["dropped"], hook=hook)
     out.family("nodeorch_events_total", "counter", "Events recorded in the event log")
     out.sample("nodeorch_events_total", agent.events.last_seq)
     return "\n".join(out.lines) + "\n"

@@ -384,8 +384,23 @@ class ServiceRunner:
     async def _publish(self, local: list[InstanceStatus]) -> None:
         published = (self._records(local), self._health.records(), self._marks.marks)
         if published != self._published:
+            self._report_instances(self._published[0] if self._published else (), published[0])
             self._published = published
             await self._host.publish_instances(*published)
+
+    def _report_instances(self, before: tuple[InstanceRecord, ...], after: tuple[InstanceRecord, ...]) -> None:
+        """Events for what changed in this node's instances: an exit, a health verdict."""
+        was = {(r.key, r.ref): r for r in before}
+        for record in after:
+            old = was.get((record.key, record.ref))
+            where = {"service": record.service, "slot": logical_slot(record.slot), "node": self._host.name,
+                     "instance": record.slot, "ref": record.ref}
+            if old is not None and old.state is InstancePhase.RUNNING and record.state in (
+                    InstancePhase.EXITED, InstancePhase.RESTARTING, InstancePhase.FAILED):
+                self._host.events.append("instance.exited", **where, exit_code=record.exit_code)
+            if record.health is not (old.health if old else HealthStatus.UNKNOWN) and record.health in (
+                    HealthStatus.HEALTHY, HealthStatus.UNHEALTHY):
+                self._host.events.append(f"instance.{record.health.value}", **where)
 
     def _submit(self, decision: Decision) -> None:
         """Queue a decision as a job; one already waiting or running for that slot is not queued twice

@@ -12,8 +12,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeorch.spec.node_config import ConfigFileError, find_line, read_config_file
 from nodeorch.spec.service_spec import ServiceSpec, parse_services
+from nodeorch.spec.toml_tables import ConfigFileError, find_line, read_config_file
 from nodeorch.spec.volume_spec import VolumeSpec, parse_volumes
 
 _TOP_KEYS = {"revision", "service", "volume"}

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nodeorch.spec.desired import DesiredStatus, load_desired
-from nodeorch.spec.node_config import ConfigFileError
+from nodeorch.spec.toml_tables import ConfigFileError
 from nodeorch.spec.volume_spec import check_growth
 from nodeorch.state.event_log import EventLog
 

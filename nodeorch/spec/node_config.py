@@ -20,7 +20,8 @@ from typing import Any
 from gossip import DEFAULT_PORT as GOSSIP_DEFAULT_PORT
 from gossip import ConfigError as GossipConfigError
 from gossip import parse_address
-from nodeorch.errors import NodeorchError
+from nodeorch.spec.hook_spec import HookSpec, parse_hooks
+from nodeorch.spec.toml_tables import ConfigFileError, find_line, parse_duration, read_config_file
 
 DEFAULT_CONFIG_PATH = Path("/etc/nodeorch/nodeorch.toml")
 DEFAULT_GOSSIP_PORT = GOSSIP_DEFAULT_PORT
@@ -31,24 +32,6 @@ MAX_LABELS = 64
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class ConfigFileError(NodeorchError, ValueError):
-    """A config file is refused; the message names the file, the line or key, and the problem."""
-
-    def __init__(self, path: Path | str, problem: str, *, key: str = "", line: int | None = None) -> None:
-        where = str(path)
-        if line is not None:
-            where += f":{line}"
-        if key:
-            where += f": {key}"
-        super().__init__(f"{where}: {problem}")
-        self.path = Path(path)
-        self.key = key
-        self.line = line
-        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,32 +88,12 @@ class NodeConfig:
     api: ApiSection
     desired_path: Path = Path("/etc/nodeorch/desired.toml")
     volumes: VolumesSection = VolumesSection()
+    hooks: tuple[HookSpec, ...] = ()
 
     @property
     def replica_listen(self) -> tuple[str, int]:
         """Where this node's replica server listens: [volumes] listen, else the gossip host."""
         return self.volumes.listen or (self.gossip.bind[0], DEFAULT_REPLICA_PORT)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from "500ms", "2s", "1m", "1h"; ValueError for anything else."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (like \"500ms\", \"2s\", \"1m\")")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def find_line(text: str, section: str, key: str) -> int | None:
-    """The line where `key` is set inside `[section]` (or at top level), for error messages."""
-    current = ""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if line.startswith("[") and not line.startswith("[["):
-            current = line.strip("[] ")
-            continue
-        if current == section and re.match(rf"^{re.escape(key)}\s*=", line):
-            return number
-    return None
 
 
 class _Reader:
@@ -179,7 +142,7 @@ _KNOWN = {
     "api": ["listen", "allow_remote", "allowed_hosts", "token_file"],
     "desired": ["path"],
     "volumes": ["listen", "max_concurrent_rebuilds"],
-    "": ["node", "cluster", "gossip", "api", "volumes", "desired"],
+    "": ["node", "cluster", "gossip", "api", "volumes", "desired", "hook"],
 }
 
 
@@ -207,16 +170,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def read_config_file(path: Path) -> bytes:
-    """A config file's bytes, or ConfigFileError saying why it cannot be read."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigFileError(path, "no such file") from None
-    except OSError as error:
-        raise ConfigFileError(path, f"cannot read: {error.strerror}") from None
 
 
 def load_node_config(path: Path | str, *, hostname: Callable[[], str] = socket.gethostname) -> NodeConfig:
@@ -314,6 +267,7 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
     desired = _Reader(path, text, "desired", top.take("desired", dict, {}))
     desired_path = Path(desired.take("path", str, "/etc/nodeorch/desired.toml"))
     desired.finish()
+    hooks = parse_hooks(path, text, top.take("hook", list, []))
     top.finish()
 
     return NodeConfig(
@@ -324,6 +278,7 @@ def parse_node_config(text: str, path: Path | str = "nodeorch.toml", *,
         api=ApiSection(listen, allow_remote, tuple(h.lower() for h in allowed_hosts), token_file),
         volumes=VolumesSection(replica_address, rebuilds),
         desired_path=desired_path,
+        hooks=hooks,
     )
 
 

@@ -9,12 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodeorch.spec.node_config import ConfigFileError, parse_duration
+from nodeorch.spec.toml_tables import (
+    ConfigFileError,
+    TableReader,
+    boolean_value,
+    choice,
+    duration_value,
+    integer_in,
+    string_table,
+    string_value,
+    table_line,
+)
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -116,100 +126,10 @@ def spec_from_json(raw: Mapping[str, Any]) -> ServiceSpec:
     return ServiceSpec(**fields)
 
 
-def _table_line(text: str, kind: str, index: int, key: str, section: str = "") -> int | None:
-    """The line of `key` inside the index-th [[KIND]] table (or its [KIND.SECTION] table)."""
-    count, current = -1, ""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if line == f"[[{kind}]]":
-            count, current = count + 1, ""
-            if count == index and not key:
-                return number
-        elif line.startswith("[") and count == index:
-            current = line.strip("[] ").removeprefix(f"{kind}.")
-        elif count == index and current == section and re.match(rf"^{re.escape(key)}\s*=", line):
-            return number
-    return None
-
-
-class TableReader:
-    """Reads one [[KIND]] table of desired.toml, each key once, with errors that point at it."""
-
-    def __init__(self, path: Path, text: str, index: int, raw: dict[str, Any], kind: str = "service") -> None:
-        self.path, self.text, self.index, self.raw, self.kind = path, text, index, dict(raw), kind
-        name = raw.get("name")
-        self.label = f"{kind}[{name if isinstance(name, str) and name else index}]"
-        self.section = ""
-
-    def line(self, key: str) -> int | None:
-        """Where `key` is written, or (for a missing key) where its table starts."""
-        found = _table_line(self.text, self.kind, self.index, key, self.section)
-        return found if found is not None else _table_line(self.text, self.kind, self.index, "")
-
-    def fail(self, key: str, problem: str) -> ConfigFileError:
-        qualified = f"{self.label}.{self.section + '.' if self.section else ''}{key}"
-        return ConfigFileError(self.path, problem, key=qualified, line=self.line(key))
-
-    def take(self, key: str, check: Callable[[Any], Any], default: Any) -> Any:
-        if key not in self.raw:
-            return default
-        value = self.raw.pop(key)
-        try:
-            return check(value)
-        except (TypeError, ValueError) as error:
-            raise self.fail(key, str(error)) from None
-
-    def finish(self, known: list[str]) -> None:
-        for key in self.raw:
-            raise self.fail(key, f"unknown key (known: {', '.join(known)})")
-
-
-def string_value(value: Any) -> str:
-    if type(value) is not str:
-        raise TypeError(f"expected a string, got {value!r}")
-    return value
-
-
-def _boolean(value: Any) -> bool:
-    if type(value) is not bool:
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if string_value(value) not in choices:
-            raise ValueError(f"{value!r}: expected {' or '.join(choices)}")
-        return str(value)
-
-    return check
-
-
-def integer_in(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if type(value) is not int or not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
-        return value
-
-    return check
-
-
-def duration_value(value: Any) -> float:
-    if type(value) in (int, float) and value >= 0:
-        return float(value)
-    return parse_duration(string_value(value))
-
-
 def _argv(value: Any) -> tuple[str, ...]:
     if type(value) is not list or not value or not all(type(v) is str for v in value):
         raise TypeError("expected a non-empty list of strings (argv)")
     return tuple(value)
-
-
-def string_table(value: Any) -> dict[str, str]:
-    if type(value) is not dict or not all(type(v) is str for v in value.values()):
-        raise TypeError("expected a table of strings")
-    return dict(value)
 
 
 def _ports(value: Any) -> tuple[int, ...]:
@@ -251,11 +171,11 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
     s = TableReader(path, text, index, raw)
     if "name" not in s.raw:
         raise ConfigFileError(path, "missing", key=f"service[{index}].name",
-                              line=_table_line(text, "service", index, ""))
+                              line=table_line(text, "service", index, ""))
     name = s.take("name", string_value, "")
     if not _NAME.match(name):
         raise s.fail("name", f"{name!r}: lowercase letters, digits and '-', at most 63")
-    driver = s.take("driver", _choice("process", "docker"), "process")
+    driver = s.take("driver", choice("process", "docker"), "process")
     image = s.take("image", string_value, "")
     command = s.take("command", _argv, ())
     if driver == "docker" and not image:
@@ -264,11 +184,11 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
         raise s.fail("command", "required for driver = \"process\" (the argv to run)")
     if driver == "process" and image:
         raise s.fail("image", "only for driver = \"docker\"")
-    global_ = s.take("global", _boolean, False)
+    global_ = s.take("global", boolean_value, False)
     if "scale" in s.raw and global_:
         raise s.fail("scale", "a global service runs one instance per eligible node: remove scale or global")
     scale = s.take("scale", integer_in(0, 1000), 1)
-    spread = s.take("spread", _choice("node", "none"), "node")
+    spread = s.take("spread", choice("node", "none"), "node")
     selector = s.take("node_selector", string_table, {})
     env = s.take("env", string_table, {})
     ports = s.take("ports", _ports, ())
@@ -286,7 +206,7 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
     if health_raw is not None:
         h = TableReader(path, text, index, health_raw)
         h.label, h.section = s.label, "health"
-        kind = h.take("kind", _choice("http", "tcp", "exec"), None)
+        kind = h.take("kind", choice("http", "tcp", "exec"), None)
         if kind is None:
             raise h.fail("kind", "missing: http, tcp or exec")
         port = h.take("port", integer_in(1, 65535), 0)
@@ -302,7 +222,7 @@ def parse_service(path: Path, text: str, index: int, raw: dict[str, Any]) -> Ser
             healthy_threshold=h.take("healthy_threshold", integer_in(1, 100), 2),
             unhealthy_threshold=h.take("unhealthy_threshold", integer_in(1, 100), 3),
             initializing_timeout=h.take("initializing_timeout", duration_value, 60.0),
-            strategy=h.take("strategy", _choice("recreate", "recreate_on_quorum", "none"), "recreate"),
+            strategy=h.take("strategy", choice("recreate", "recreate_on_quorum", "none"), "recreate"),
             quorum=h.take("quorum", integer_in(0, 1000), 1),
         )
         if kind == "exec" and not health.command:
@@ -324,8 +244,8 @@ def _update_policy(s: TableReader, raw: dict[str, Any], has_volumes: bool) -> Up
     policy = UpdatePolicy(
         parallelism=u.take("parallelism", integer_in(1, 1000), 1),
         delay=u.take("delay", duration_value, 0.0),
-        order=u.take("order", _choice("stop-first", "start-first"), "stop-first"),
-        failure_action=u.take("failure_action", _choice("pause", "rollback"), "pause"),
+        order=u.take("order", choice("stop-first", "start-first"), "stop-first"),
+        failure_action=u.take("failure_action", choice("pause", "rollback"), "pause"),
         monitor=u.take("monitor", duration_value, 5.0),
     )
     if policy.order == "start-first" and has_volumes:
@@ -341,6 +261,6 @@ def parse_services(path: Path, text: str, raw: list[dict[str, Any]]) -> tuple[Se
     for i, service in enumerate(services):
         if service.name in seen:
             raise ConfigFileError(path, "a service of that name is already declared",
-                                  key=f"service[{service.name}].name", line=_table_line(text, "service", i, "name"))
+                                  key=f"service[{service.name}].name", line=table_line(text, "service", i, "name"))
         seen.add(service.name)
     return tuple(services)

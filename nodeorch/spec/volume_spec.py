@@ -15,11 +15,10 @@ from typing import Any
 
 from drivers.volumes._errors import VolumeError
 from drivers.volumes._sizes import parse_size
-from nodeorch.spec.node_config import ConfigFileError
-from nodeorch.spec.service_spec import (
-    ServiceSpec,
+from nodeorch.spec.service_spec import ServiceSpec, VolumeMount
+from nodeorch.spec.toml_tables import (
+    ConfigFileError,
     TableReader,
-    VolumeMount,
     duration_value,
     integer_in,
     string_table,

@@ -12,8 +12,8 @@ import pytest
 
 from gossip import generate_key
 from nodeorch.spec.desired import parse_desired
-from nodeorch.spec.node_config import ConfigFileError
 from nodeorch.spec.secret_files import KeyringFileError, load_keyring, write_keyring
+from nodeorch.spec.toml_tables import ConfigFileError
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import (
     MAX_DOCUMENT_SIZE,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeorch.spec.node_config import ConfigFileError, load_node_config, parse_node_config
+from nodeorch.spec.node_config import load_node_config, parse_node_config
+from nodeorch.spec.toml_tables import ConfigFileError
 
 
 def parse(text: str):  # type: ignore[no-untyped-def]
@@ -114,3 +115,40 @@ def test_a_rendered_config_reads_back_as_given() -> None:
     assert config.gossip.bind == ("127.0.0.2", 7946) and config.gossip.seeds == ("127.0.0.3:7946",)
     assert (config.api.listen, config.desired_path, config.cluster.keyring) == (
         "127.0.0.2:7947", Path("/etc/d.toml"), Path("/etc/k"))
+
+
+def test_hooks_are_read_with_their_defaults() -> None:
+    config = parse("""
+[[hook]]
+events = ["member.dead", "user.*"]
+command = ["/usr/local/bin/page"]
+[[hook]]
+name = "audit"
+events = ["*"]
+command = ["logger", "-t", "nodeorch"]
+timeout = "5s"
+coalesce = "0s"
+""")
+    page, audit = config.hooks
+    assert (page.name, page.events, page.command, page.timeout, page.coalesce) == (
+        "hook-1", ("member.dead", "user.*"), ("/usr/local/bin/page",), 30.0, 1.0)
+    assert (audit.name, audit.timeout, audit.coalesce) == ("audit", 5.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[hook]]\ncommand = ["x"]\n', "nodeorch.toml:1: hook[0].events: missing: the event kinds"),
+        ('[[hook]]\nevents = ["member.dead"]\n', "hook[0].command: missing: the argv to run"),
+        ('[[hook]]\nevents = []\ncommand = ["x"]\n', "nodeorch.toml:2: hook[0].events: expected a non-empty list"),
+        ('[[hook]]\nevents = ["*"]\ncommand = ["x"]\ntimeout = "0s"\n', "hook[0].timeout: must be more than 0"),
+        ('[[hook]]\nevents = ["*"]\ncommand = ["x"]\nretries = 2\n', "nodeorch.toml:4: hook[0].retries: unknown key"),
+        ('[[hook]]\nname = "a"\nevents = ["*"]\ncommand = ["x"]\n[[hook]]\nname = "a"\nevents = ["*"]\n'
+         'command = ["x"]\n', "hook: two hooks have the same name"),
+        ('hook = 3\n', "hook: expected a list"),
+    ],
+)
+def test_each_hook_mistake_has_its_precise_error(text: str, expected: str) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        parse(text)
+    assert expected in str(caught.value)

@@ -112,6 +112,8 @@ async def test_instances_start_as_jobs_and_a_crash_restarts_in_place_after_the_d
         assert driver.started.count("web/1") == 1, "not before the restart delay"
         crashed = next(r for r in host.published[-1] if r.slot == "1")
         assert crashed.state is InstancePhase.RESTARTING and crashed.exit_code == 137 and crashed.restarts == 1
+        exits = [e for e in host.events.since(0) if e["kind"] == "instance.exited"]
+        assert [(e["slot"], e["exit_code"]) for e in exits] == [("1", 137)], "said once, for hooks and people"
         now[0] += 1.0
         await settle()
         assert driver.started.count("web/1") == 2, "restarted in place after the delay"

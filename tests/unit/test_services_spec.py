@@ -7,8 +7,8 @@ import json
 import pytest
 
 from nodeorch.spec.desired import parse_desired
-from nodeorch.spec.node_config import ConfigFileError
 from nodeorch.spec.service_spec import UpdatePolicy, spec_from_json, spec_to_json
+from nodeorch.spec.toml_tables import ConfigFileError
 
 GOOD = b"""
 revision = 7

@@ -100,6 +100,12 @@ class StandIn:
     async def salvage_volume(self, volume: str, trusted: str) -> dict[str, Any]:
         raise VolumeRequestError(409, f"{volume} is served")
 
+    async def send_event(self, name: str, payload: bytes) -> None:
+        self.events.append(f"user.{name}", origin=self.name, payload=payload.decode())
+
+    def hook_stats(self) -> dict[str, dict[str, int]]:
+        return {"page": {"ok": 3, "failed": 1, "timed_out": 2, "dropped": 0}}
+
     def rollouts(self) -> Mapping[str, Rollout]:
         web = DESIRED.services[0]
         return {"web": Rollout("web", web.digest, web.digest, UpdateState.PAUSED, 1, 2, frozenset(),
@@ -156,6 +162,7 @@ def test_metrics_have_one_family_per_meaning_and_follow_the_naming_rules() -> No
     assert samples[("nodeorch_jobs", (("kind", "start"), ("state", "running")))] == 1
     assert samples[("nodeorch_instances", (("health", "healthy"), ("state", "running")))] == 1
     assert samples[("nodeorch_members", (("state", "dead"),))] == 1
+    assert samples[("nodeorch_hook_runs_total", (("hook", "page"), ("result", "timed_out")))] == 2
     names = Counter(f.name for f in text_string_to_metric_families(render_metrics(view())))
     assert max(names.values()) == 1, "each family is declared once"
 

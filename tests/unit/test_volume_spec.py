@@ -8,7 +8,7 @@ import pytest
 
 from nodeorch.spec.desired import parse_desired
 from nodeorch.spec.desired_watcher import DesiredWatcher
-from nodeorch.spec.node_config import ConfigFileError
+from nodeorch.spec.toml_tables import ConfigFileError
 from nodeorch.state.event_log import EventLog
 
 GOOD = b"""
