@@ -77,39 +77,73 @@ class MemberTable:
         self.local = local
         self._reclaim_time = reclaim_time
         self._entries: dict[str, _Entry] = {local: _Entry(local, addr, meta, 0, MemberState.ALIVE, now)}
+        self._shared: dict[str, _Entry] = {}
+        """Entries read through until this table changes them (copy on write); see share()."""
+        self._removed: set[str] = set()
+        self._count = 1
+        self._merged: list[_Entry] | None = None
         self.leaving = False
+
+    def share(self, base: dict[str, _Entry]) -> None:
+        """Start from `base`, an already-joined view shared by many tables and never changed by
+        them: a simulation of thousands of members then holds one table, not one per member."""
+        self._shared = base
+        self._merged = None
+        self._removed.clear()
+        self._count = len(base) + sum(1 for name in self._entries if name not in base)
 
     # Reading -------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or (name in self._shared and name not in self._removed)
 
     def get(self, name: str) -> _Entry | None:
-        return self._entries.get(name)
+        entry = self._entries.get(name)
+        if entry is None and name not in self._removed:
+            entry = self._shared.get(name)
+        return entry
+
+    def _writable(self, name: str) -> _Entry:
+        """The entry of `name` (which exists), as this table's own copy, to change."""
+        entry = self._entries.get(name)
+        if entry is None:
+            base = self._shared[name]
+            entry = self._entries[name] = _Entry(base.name, base.addr, base.meta, base.incarnation, base.state,
+                                                 base.state_since)
+            self._merged = None
+        return entry
 
     @property
     def me(self) -> _Entry:
         return self._entries[self.local]
 
     def entries(self) -> list[_Entry]:
-        return list(self._entries.values())
+        """Every entry; with a shared view, one list kept until the table changes (do not modify it)."""
+        if not self._shared:
+            return list(self._entries.values())
+        if self._merged is None:
+            own, removed = self._entries, self._removed
+            merged = [own.get(name, entry) for name, entry in self._shared.items()
+                      if name in own or name not in removed]
+            self._merged = merged + [entry for name, entry in own.items() if name not in self._shared]
+        return self._merged
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        return [entry.name for entry in self.entries()]
 
     def records(self) -> list[MemberRecord]:
-        return [e.record() for e in self._entries.values()]
+        return [e.record() for e in self.entries()]
 
     def count(self, state: MemberState) -> int:
-        return sum(1 for e in self._entries.values() if e.state is state)
+        return sum(1 for e in self.entries() if e.state is state)
 
     # Rules ---------------------------------------------------------------------------------------
 
     def apply_alive(self, message: Alive, now: float) -> set[Outcome]:
-        entry = self._entries.get(message.node)
+        entry = self.get(message.node)
         if message.node == self.local:
             me = self.me
             same = message.meta == me.meta and message.addr == me.addr
@@ -122,6 +156,8 @@ class MemberTable:
             self._entries[message.node] = _Entry(
                 message.node, message.addr, message.meta, message.incarnation, MemberState.ALIVE, now
             )
+            self._count += 1
+            self._merged = None
             return {Outcome.JOINED}
         reclaimed = False
         if message.addr != entry.addr:
@@ -136,6 +172,7 @@ class MemberTable:
         outcomes: set[Outcome] = set()
         if message.meta != entry.meta or message.addr != entry.addr:
             outcomes.add(Outcome.UPDATED)
+        entry = self._writable(message.node)
         previous = entry.state
         entry.incarnation = message.incarnation
         entry.meta = message.meta
@@ -148,7 +185,7 @@ class MemberTable:
         return outcomes or {Outcome.IGNORED}
 
     def apply_suspect(self, message: Suspect, now: float) -> Outcome:
-        entry = self._entries.get(message.node)
+        entry = self.get(message.node)
         if entry is None or message.incarnation < entry.incarnation:
             return Outcome.IGNORED
         if entry.state in (MemberState.DEAD, MemberState.LEFT):
@@ -157,13 +194,14 @@ class MemberTable:
             return Outcome.IGNORED if self.leaving else Outcome.REFUTE
         if entry.state is MemberState.SUSPECT:
             return Outcome.CONFIRMED
+        entry = self._writable(message.node)
         entry.incarnation = message.incarnation
         entry.state = MemberState.SUSPECT
         entry.state_since = now
         return Outcome.SUSPECTED
 
     def apply_dead(self, message: Dead, now: float) -> Outcome:
-        entry = self._entries.get(message.node)
+        entry = self.get(message.node)
         if entry is None or message.incarnation < entry.incarnation:
             return Outcome.IGNORED
         if entry.state is MemberState.LEFT:
@@ -172,6 +210,7 @@ class MemberTable:
             return Outcome.IGNORED
         if message.node == self.local and not self.leaving:
             return Outcome.REFUTE
+        entry = self._writable(message.node)
         entry.incarnation = message.incarnation
         entry.state = MemberState.LEFT if message.is_leave else MemberState.DEAD
         entry.state_since = now
@@ -207,11 +246,15 @@ class MemberTable:
         """Remove dead and left members older than the tombstone timeout."""
         gone = [
             e
-            for e in self._entries.values()
+            for e in self.entries()
             if e.name != self.local
             and e.state in (MemberState.DEAD, MemberState.LEFT)
             and now - e.state_since >= tombstone_timeout
         ]
         for entry in gone:
-            del self._entries[entry.name]
+            self._merged = None
+            self._entries.pop(entry.name, None)
+            if entry.name in self._shared:
+                self._removed.add(entry.name)
+            self._count -= 1
         return gone

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from gossip._config import GossipConfig
 from gossip._events import Event
-from gossip._members import Member
+from gossip._members import Member, MemberTable
 from gossip._memnet import MemoryNetwork
 from gossip._messages import Address, Alive, MemberState
 from gossip._protocol import Action, EmitEvent, GossipCore, SendPacket, SendRequest
@@ -87,14 +87,16 @@ class Simulation:
         """`count` nodes that already know each other, as after a completed join, with nothing queued.
 
         Building a large cluster through real joins costs minutes of simulated join traffic; to
-        measure one failure or one update in isolation, each table is filled directly instead."""
+        measure one failure or one update in isolation, each table starts from one shared, joined
+        view instead (copied entry by entry as a member's view changes), so memory grows with the
+        members and their changes, not with members squared."""
         nodes = [self.add_node() for _ in range(count)]
-        alive = [Alive(0, n.name, n.addr, b"") for n in nodes]
+        joined = MemberTable("", ("0.0.0.0", 0), b"", self.now, self.config.dead_node_reclaim_time)
+        for n in nodes:
+            joined.apply_alive(Alive(0, n.name, n.addr, b""), self.now)
+        base = {entry.name: entry for entry in joined.entries() if entry.name}
         for node in nodes:
-            table = node.core._table
-            for message in alive:
-                if message.node != node.name:
-                    table.apply_alive(message, self.now)
+            node.core._table.share(base)
         return nodes
 
     def join(self, name: str, seeds: Iterable[str]) -> None:

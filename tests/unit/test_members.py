@@ -113,3 +113,23 @@ def test_tombstones_are_reaped_after_the_timeout() -> None:
     assert t.reap(100.0, tombstone_timeout=3600.0) == []
     assert [e.name for e in t.reap(3602.0, tombstone_timeout=3600.0)] == ["b"]
     assert "b" not in t
+
+
+def test_tables_sharing_a_joined_view_change_only_their_own_copy() -> None:
+    base_table = MemberTable("", ("127.0.0.1", 1), b"", 0.0, 30.0)
+    for i in range(5):
+        base_table.apply_alive(Alive(0, f"n{i}", ("127.0.0.1", 7000 + i), b""), 0.0)
+    base = {e.name: e for e in base_table.entries() if e.name}
+    a = MemberTable("n0", ("127.0.0.1", 7000), b"", 0.0, 30.0)
+    b = MemberTable("n1", ("127.0.0.1", 7001), b"", 0.0, 30.0)
+    a.share(base)
+    b.share(base)
+    assert len(a) == len(b) == 5 and "n3" in a
+    assert a.apply_dead(Dead(0, "n3", "n0"), 10.0) is Outcome.DIED
+    assert a.get("n3").state is MemberState.DEAD  # type: ignore[union-attr]
+    assert b.get("n3").state is MemberState.ALIVE, "the other table, and the shared view, are untouched"  # type: ignore[union-attr]
+    assert base["n3"].state is MemberState.ALIVE
+    assert [e.name for e in a.reap(10.0 + 100.0, 50.0)] == ["n3"]
+    assert len(a) == 4 and "n3" not in a and a.get("n3") is None and len(b) == 5
+    assert a.apply_alive(Alive(1, "n3", ("127.0.0.1", 7003), b""), 200.0) == {Outcome.JOINED}
+    assert len(a) == 5 and sorted(e.name for e in a.entries()) == ["n0", "n1", "n2", "n3", "n4"]
