@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -237,7 +238,8 @@ async def run_events(address: AgentAddress, args: argparse.Namespace) -> int:
     follow = "1" if args.follow else "0"
     async with agent_session(address.api, address.token) as (session, base):
         try:
-            async with session.get(f"{base}/v1/events?since={args.since}&follow={follow}") as response:
+            query = f"since={args.since}&follow={follow}" + (f"&kind={quote(args.kind)}" if args.kind else "")
+            async with session.get(f"{base}/v1/events?{query}") as response:
                 if response.status >= 400:
                     raise AgentProblem(f"HTTP {response.status}: {(await response.text())[:200]}")
                 async for line in response.content:
@@ -334,6 +336,7 @@ def parser() -> argparse.ArgumentParser:
     events = query("events", "the event log; -f to follow")
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--since", type=int, default=0, help="only events after this seq")
+    events.add_argument("--kind", default="", help="only these kinds: comma-separated patterns, like member.*,user.*")
     event = query("event", "send a user event to every node (shown in their events, fed to their hooks)")
     event.add_argument("name", metavar="NAME", help="letters, digits, '_', '.', ':', '-' (at most 64)")
     event.add_argument("payload", metavar="PAYLOAD", nargs="?", default="",

@@ -7,6 +7,7 @@ It listens on loopback or a unix socket; a remote address must be allowed in the
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import os
@@ -253,14 +254,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise web.HTTPBadRequest(reason="since must be a non-negative integer (an event seq)") from None
     follow = request.query.get("follow", "1") not in ("0", "false", "no")
+    kinds = [k for k in request.query.get("kind", "").split(",") if k]
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     seq = min(since, agent.events.last_seq)  # beyond the end means "from now on"
     while True:
         batch = agent.events.since(seq) if not follow else await agent.events.wait_after(seq, EVENTS_KEEPALIVE)
         for event in batch:
-            await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
             seq = event["seq"]
+            if kinds and not any(fnmatch.fnmatchcase(event["kind"], k) for k in kinds):
+                continue
+            await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
         if not follow:
             break
         if not batch:

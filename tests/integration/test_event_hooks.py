@@ -171,6 +171,8 @@ coalesce = "200ms"
         for agent in trio:
             delivered = [e for e in _events(agent) if e["kind"] == "user.deploy"]
             assert [(e["origin"], e["payload"]) for e in delivered] == [("node-2", "v7")], agent.name
+        only_user = cli("events", "--json", "--kind", "user.*", "--api", trio[0].api)
+        assert [json.loads(line)["kind"] for line in only_user.stdout.splitlines() if line.strip()] == ["user.deploy"]
         too_big = cli("event", "deploy", "x" * 600, "--api", trio[0].api)
         assert too_big.returncode == 1 and "limit is 512" in too_big.stderr
         bad = cli("event", "no spaces", "--api", trio[0].api)
