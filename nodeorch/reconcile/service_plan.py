@@ -208,6 +208,7 @@ def plan_services(
     volume_slots: Mapping[str, str] | None = None,
     targets: Mapping[str, SlotTarget] | None = None,
     ready: Container[str] = (),
+    current: Container[str] | None = None,
 ) -> list[Decision]:
     """Decisions for this node. `reported`: node name -> instance records from its document;
     `unhealthy`: keys of this node's instances that every live observer judged unhealthy;
@@ -215,7 +216,9 @@ def plan_services(
     engines go (see volume_plan.volume_slots); such a slot moves stop-first. `targets`: per
     service, the spec to run and the slots a rolling update lets this node replace now (absent:
     the desired spec, every slot at once); `ready`: keys of this node's instances that run and,
-    with a health check, are healthy (a start-first successor takes over from them)."""
+    with a health check, are healthy (a start-first successor takes over from them); `current`:
+    the nodes whose documents come from their agent's current run (None: all), the only ones
+    whose word that they run a moved instance lets this node stop its own."""
     by_name = {s.name: s for s in specs}
     local = list(local)
     running = held_instances(me, reported, local)
@@ -227,7 +230,7 @@ def plan_services(
     running_elsewhere = {
         (node, f"{r.service}/{logical_slot(r.slot)}")
         for node, records in reported.items() for r in records
-        if r.state is InstancePhase.RUNNING
+        if r.state is InstancePhase.RUNNING and (current is None or node in current)
         and ((s := by_name.get(r.service)) is None or s.health is None or r.health is HealthStatus.HEALTHY)
     }
     here: dict[str, list[InstanceStatus]] = {}

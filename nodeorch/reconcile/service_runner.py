@@ -94,6 +94,9 @@ class ServiceHost(Protocol):
 
     def stale(self, name: str) -> bool: ...
 
+    def current_life(self, name: str) -> bool:
+        """Whether the document of `name` comes from its agent's current run."""
+
     @property
     def documents(self) -> Mapping[str, NodeDocument]: ...
 
@@ -257,8 +260,9 @@ class ServiceRunner:
         targets = self._roll(now, specs, reported, local, own)
         ready = {r.key for r in own if r.state is InstancePhase.RUNNING and r.health is not HealthStatus.UNHEALTHY
                  and (r.health is HealthStatus.HEALTHY or self._unchecked(r.service))}
+        current = {name for name in reported if self._host.current_life(name)}
         decisions = plan_services(now, self._host.name, specs, self._nodes(), reported, local, self._memory,
-                                  recreate, self._host.volume_slots(), targets, ready)
+                                  recreate, self._host.volume_slots(), targets, ready, current)
         for decision in decisions:
             self._submit(decision)
         await self._publish(local)

@@ -190,16 +190,32 @@ def decode_document(data: bytes) -> NodeDocument:
     return NodeDocument(**values, skipped_records=skipped)
 
 
-def encode_labels(labels: Mapping[str, str]) -> bytes:
-    """Node labels as gossip metadata, so every member table carries them."""
-    return json.dumps(dict(labels), separators=(",", ":"), sort_keys=True).encode()
+BOOT_KEY = "@boot"
+"""The agent's boot id in its gossip metadata (no label key can start with '@')."""
+
+
+def encode_labels(labels: Mapping[str, str], boot_id: str = "") -> bytes:
+    """Node labels as gossip metadata, so every member table carries them, with the agent's boot
+    id: a member that restarted is then known as such before its new document arrives."""
+    meta = {**labels, BOOT_KEY: boot_id} if boot_id else dict(labels)
+    return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _meta(meta: bytes) -> dict[str, object]:
+    try:
+        decoded = json.loads(meta) if meta else {}
+    except ValueError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
 
 
 def decode_labels(meta: bytes) -> dict[str, str]:
     """Labels from a member's gossip metadata; anything else (another agent's format) is no labels."""
-    try:
-        labels = json.loads(meta) if meta else {}
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+    return {str(k): str(v) for k, v in _meta(meta).items() if not str(k).startswith("@")}
+
+
+def boot_of(meta: bytes) -> str:
+    """The boot id in a member's gossip metadata, or "" (an agent that does not say)."""
+    boot = _meta(meta).get(BOOT_KEY, "")
+    return boot if isinstance(boot, str) else ""
 

@@ -19,8 +19,11 @@ from nodeorch.state.node_document import (
     MAX_DOCUMENT_SIZE,
     DocumentError,
     NodeDocument,
+    boot_of,
     decode_document,
+    decode_labels,
     encode_document,
+    encode_labels,
 )
 from nodeorch.state.records import (
     EngineRecord,
@@ -127,3 +130,9 @@ async def test_event_log_resumes_after_a_seq_and_wakes_waiters() -> None:
     log.append("tock")
     assert [e["kind"] for e in await waiter] == ["tock"]
     assert await log.wait_after(6, timeout=0.05) == []
+
+
+def test_the_boot_id_rides_in_the_gossip_metadata_but_is_no_label() -> None:
+    meta = encode_labels({"zone": "z1"}, "b00t")
+    assert decode_labels(meta) == {"zone": "z1"} and boot_of(meta) == "b00t"
+    assert boot_of(encode_labels({"zone": "z1"})) == "" and boot_of(b"not json") == ""

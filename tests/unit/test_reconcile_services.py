@@ -67,6 +67,20 @@ def test_start_first_handover_waits_for_the_new_owner() -> None:
     assert isinstance(stop, Stop) and "runs it" in stop.reason
 
 
+def test_an_instance_reported_by_an_earlier_run_of_a_restarted_agent_completes_no_handover() -> None:
+    """A host came back after a crash: until its new document arrives, others hold the one its
+    previous run wrote, which says it runs the slot. Stopping ours on that word would leave the
+    slot running nowhere."""
+    me = owner()
+    other = "b" if me == "a" else "a"
+    draining = [NodeView(me, draining=True), NodeView(other)]
+    reported = {other: [InstanceRecord("web", "0", InstancePhase.RUNNING)]}
+    memory = ServiceMemory()
+    assert plan_services(1.0, me, [WEB], draining, reported, [running()], memory, current=set()) == []
+    (stop,) = plan_services(2.0, me, [WEB], draining, reported, [running()], memory, current={other})
+    assert isinstance(stop, Stop) and "runs it" in stop.reason
+
+
 def test_a_handover_that_never_completes_times_out() -> None:
     me = owner()
     other = "b" if me == "a" else "a"

@@ -45,6 +45,9 @@ class Host:
     def stale(self, name: str) -> bool:
         return False
 
+    def current_life(self, name: str) -> bool:
+        return True
+
     @property
     def documents(self) -> Mapping[str, NodeDocument]:
         return {}
