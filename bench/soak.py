@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -57,11 +58,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp
 from benchlib import cpu_seconds, rss_mb
 
+from drivers.attach.fuse_loop import release_all
 from drivers.containers import logical_slot
 from drivers.containers.process import process_start_ticks
 from gossip import lan
 from nodeorch.faces.client import call
 from nodeorch.faces.dev import DevCluster
+from nodeorch.reconcile.replica_server_keeper import stop_replica_server
+from nodeorch.reconcile.volume_keeper import volume_attacher
 
 CHAIN = "NODEORCH_SOAK"
 KINDS = ("host_crash", "agent_crash", "stall", "partition", "loss")
@@ -72,10 +76,42 @@ RESTORE_MARGIN = 5.0
 CONVERGENCE_LIMIT = 60.0
 
 
-def desired(agents: int) -> str:
-    return f"""
-revision = 1
+WRITER = r"""
+import os, sys, time
+path = os.path.join(sys.argv[1], "sequence")
+count = 0
+if os.path.exists(path):
+    with open(path) as old:
+        lines = old.read().split("\n")[:-1]  # a last line without its newline was never acknowledged
+    count = len(lines)
+    print(f"found {count} in order={lines == [str(i) for i in range(1, count + 1)]} at {time.time():.3f}", flush=True)
+with open(path, "a") as out:
+    while True:
+        count += 1
+        out.write(f"{count}\n")
+        out.flush()
+        os.fsync(out.fileno())
+        print(f"acked {count} at {time.time():.3f}", flush=True)
+        time.sleep(0.05)
+"""
 
+
+def desired(agents: int, volume: bool = False) -> str:
+    writer = f"""
+[[volume]]
+name = "soakdata"
+size = "64MiB"
+replicas = 3
+replenish_wait = "60s"
+
+[[service]]
+name = "writer"
+command = {json.dumps([sys.executable, "-c", WRITER, "${NODEORCH_VOLUME_SOAKDATA}"])}
+volumes = [{{ volume = "soakdata", path = "/data" }}]
+stop_grace = "2s"
+restart_delay = "1s"
+""" if volume else ""
+    return "revision = 1\n" + writer + f"""
 [[service]]
 name = "work"
 command = ["sleep", "86400"]
@@ -243,9 +279,11 @@ def ip_ranges(ips: Sequence[str]) -> list[str]:
 
 
 class Soak:
-    def __init__(self, agents: int, folder: Path, rng: random.Random) -> None:
+    def __init__(self, agents: int, folder: Path, rng: random.Random, volume: bool = False) -> None:
         self.rng = rng
-        self.cluster = DevCluster(agents, folder, desired(agents))
+        self.volume = volume
+        self.writer = Tracker(1)
+        self.cluster = DevCluster(agents, folder, desired(agents, volume))
         self.agents = agents
         self.scale = max(2, agents // 3)
         self.names = [f"node-{i + 1}" for i in range(agents)]
@@ -256,11 +294,11 @@ class Soak:
 
     # Ground truth
 
-    def running(self) -> dict[str, set[str]]:
-        """logical slot of `work` -> nodes where a live process runs it."""
-        out: dict[str, set[str]] = {str(i): set() for i in range(self.scale)}
+    def running(self, service: str = "work") -> dict[str, set[str]]:
+        """logical slot of `service` -> nodes where a live process runs it."""
+        out: dict[str, set[str]] = {str(i): set() for i in range(self.scale if service == "work" else 1)}
         for name in self.names:
-            for pid_file in (self.cluster.folder / name / "data" / "run").glob("work-*.json"):
+            for pid_file in (self.cluster.folder / name / "data" / "run").glob(f"{service}-*.json"):
                 with contextlib.suppress(OSError, ValueError, KeyError):
                     record = json.loads(pid_file.read_text())
                     if process_start_ticks(int(record["pid"])) == record.get("start_ticks"):
@@ -270,6 +308,8 @@ class Soak:
     async def watch_truth(self) -> None:
         while True:
             self.tracker.observe(time.time(), self.running())
+            if self.volume:
+                self.writer.observe(time.time(), self.running("writer"))
             await asyncio.sleep(0.5)
 
     async def watch_deaths(self, index: int) -> None:
@@ -295,7 +335,8 @@ class Soak:
     async def strike(self, fault: Fault) -> None:
         if fault.kind in ("host_crash", "agent_crash"):
             # A crash matters where work runs: strike a node that runs a `work` instance now.
-            holders = sorted({self.names.index(n) for nodes in self.running().values() for n in nodes} - {0})
+            holding = [*self.running().values(), *(self.running("writer").values() if self.volume else ())]
+            holders = sorted({self.names.index(n) for nodes in holding for n in nodes} - {0})
             if holders:
                 fault.nodes = (self.rng.choice(holders),)
         fault.started = time.time()
@@ -308,6 +349,7 @@ class Soak:
             self.killed.add(index)
             if fault.kind == "host_crash":
                 self.kill_instances(index)
+                await asyncio.to_thread(self.crash_volumes, index)
         elif fault.kind == "stall":
             (index,) = fault.nodes
             self.cluster.procs[index].send_signal(signal.SIGSTOP)
@@ -355,6 +397,38 @@ class Soak:
         else:
             iptables("-F", CHAIN)
 
+    def crash_volumes(self, index: int) -> None:
+        """What a host crash takes with it: its engines, nbdfuse, replica server, mounts and loop devices."""
+        data = self.cluster.folder / self.names[index] / "data"
+        volumes = data / "volumes"
+        for record in (volumes / "engines").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
+                os.kill(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
+        fuse = subprocess.run(["pgrep", "-f", f"nbdfuse {volumes}"], capture_output=True, text=True, check=False)
+        for pid in fuse.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        release_all(volumes)
+        stop_replica_server(data, grace=0)
+
+    def writes(self) -> dict[str, Any]:
+        """Every acknowledged write, against what each start of the writer and the volume found."""
+        acked: list[tuple[float, int]] = []
+        found: list[tuple[float, int, bool]] = []
+        for name in self.names:
+            log = self.cluster.folder / name / "data" / "logs" / "writer-0.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            acked += [(float(t), int(n)) for n, t in re.findall(r"^acked (\d+) at ([\d.]+)$", text, re.MULTILINE)]
+            found += [(float(t), int(n), ok == "True")
+                      for n, ok, t in re.findall(r"^found (\d+) in order=(\w+) at ([\d.]+)$", text, re.MULTILINE)]
+        lost = []
+        for at, count, in_order in found:
+            before = max((n for t, n in acked if t < at), default=0)
+            if count < before or not in_order:
+                lost.append({"start_at": at, "found": count, "acked_before": before, "in_order": in_order})
+        return {"acknowledged": max((n for _, n in acked), default=0), "writer_starts": len(found), "lost": lost}
+
+
     def kill_instances(self, index: int) -> None:
         for pid_file in (self.cluster.folder / self.names[index] / "data" / "run").glob("*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
@@ -373,10 +447,12 @@ class Soak:
     async def all_placed(self, timeout: float) -> float:
         started = time.time()
         while time.time() - started < timeout:
-            if sum(1 for nodes in self.running().values() if len(nodes) == 1) == self.scale:
+            writing = not self.volume or any(self.running("writer").values())
+            if sum(1 for nodes in self.running().values() if len(nodes) == 1) == self.scale and writing:
                 return time.time() - started
             await asyncio.sleep(1)
-        raise RuntimeError(f"work never ran {self.scale} instances within {timeout:.0f} s")
+        raise RuntimeError(f"work never ran {self.scale} instances (and the writer, with a volume) "
+                           f"within {timeout:.0f} s")
 
     async def converged(self, timeout: float) -> float | None:
         """Seconds until every agent holds every node's latest document (None: not within timeout)."""
@@ -393,11 +469,16 @@ class Soak:
         return None
 
 
-async def soak(agents: int, minutes: float, gap: float, seed: int, keep: bool = False) -> dict[str, Any]:
+async def soak(agents: int, minutes: float, gap: float, seed: int, keep: bool = False,
+               volume: str = "auto") -> dict[str, Any]:
     kinds = [k for k in KINDS if k not in NEEDS_IPTABLES or iptables_usable()]
     rng = random.Random(seed)
     faults = plan_chaos(rng, agents, minutes * 60, gap, kinds)
-    run = Soak(agents, Path(tempfile.mkdtemp(prefix="nodeorch-soak-")), rng)
+    _, cannot_attach = volume_attacher(Path(tempfile.gettempdir()))
+    if volume == "on" and cannot_attach:
+        raise SystemExit(f"--volume on: {cannot_attach}")
+    with_volume = volume == "on" or (volume == "auto" and not cannot_attach)
+    run = Soak(agents, Path(tempfile.mkdtemp(prefix="nodeorch-soak-")), rng, with_volume)
     run.cluster.prepare()
     tasks: list[asyncio.Task[None]] = []
     if iptables_usable():
@@ -423,6 +504,8 @@ async def soak(agents: int, minutes: float, gap: float, seed: int, keep: bool = 
         rss = [rss_mb(p.pid) for p in run.cluster.procs if p.returncode is None]
         convergence = await run.converged(CONVERGENCE_LIMIT)
         run.tracker.finish(time.time())
+        run.writer.finish(time.time())
+        writes = run.writes() if with_volume else None
     finally:
         for task in tasks:
             task.cancel()
@@ -438,6 +521,7 @@ async def soak(agents: int, minutes: float, gap: float, seed: int, keep: bool = 
     bound = 3 * config.probe_interval + config.suspicion_min_timeout(agents) * 2
     detection = statistics.median(detections) if detections else bound
     episodes = verdicts(run.tracker.closed, faults, detection)
+    writer_episodes = verdicts(run.writer.closed, faults, detection)
     wrong_deaths = false_deaths(run.deaths, faults, run.names, grace=detection + 5)
     return {
         "agents": agents, "minutes": minutes, "seed": seed, "placed_in": round(placed, 1),
@@ -445,10 +529,13 @@ async def soak(agents: int, minutes: float, gap: float, seed: int, keep: bool = 
         "faults": [{"kind": f.kind, "nodes": [run.names[i] for i in f.nodes], "duration": f.duration,
                     "detected": None if f.detected is None else round(f.detected, 1)} for f in faults],
         "detection": round(detection, 1), "episodes": episodes, "false_deaths": wrong_deaths,
+        "volume": None if writes is None else {**writes, "episodes": writer_episodes},
+        "volume_left_out": "" if with_volume else cannot_attach or "--volume off",
         "convergence": None if convergence is None else round(convergence, 1),
         "cpu_mean": round(statistics.mean(cpu), 2) if cpu else None, "cpu_max": round(max(cpu), 2) if cpu else None,
         "rss_mean": round(statistics.mean(rss), 1) if rss else None, "rss_max": round(max(rss), 1) if rss else None,
-        "ok": all(e["ok"] for e in episodes) and not wrong_deaths and convergence is not None,
+        "ok": all(e["ok"] for e in episodes) and not wrong_deaths and convergence is not None
+        and (writes is None or not writes["lost"]),
     }
 
 
@@ -467,6 +554,15 @@ def report(result: dict[str, Any]) -> str:
         measure = (f"{e['after_fault_end']} s after it ended" if "after_fault_end" in e
                    else f"restored {e['restored_after_fault_start']} s after it began (limit {e['limit']} s)")
         lines.append(f"| {e['episode']} | {e['fault']} | {e['lasted']} s | {measure} | {'yes' if e['ok'] else 'NO'} |")
+    volume = result["volume"]
+    if volume is None:
+        lines += ["", f"volume: left out ({result['volume_left_out']})"]
+    else:
+        lines += ["", f"volume: {volume['acknowledged']} writes acknowledged; the writer restarted on existing data "
+                      f"{volume['writer_starts']} times; acknowledged writes lost: {len(volume['lost'])} "
+                      f"{volume['lost'][:3] or ''}"]
+        lines += [f"  writer {e['episode']} after {e['fault']}: lasted {e['lasted']} s (a volume moves stop-first)"
+                  for e in volume["episodes"]]
     lines += ["", f"false deaths: {len(result['false_deaths'])} {result['false_deaths'][:5] or ''}",
               f"documents converged after the last fault: "
               f"{'no, not within 60 s' if result['convergence'] is None else str(result['convergence']) + ' s'}",
@@ -484,6 +580,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the agents' folders and logs")
+    parser.add_argument("--volume", choices=["auto", "on", "off"], default="auto",
+                        help="a writer on a replicated volume (auto: when this machine can attach volumes)")
     args = parser.parse_args()
     if args.agents < 3:
         parser.error("--agents: at least 3")
@@ -492,7 +590,7 @@ def main() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
-    result = asyncio.run(soak(args.agents, args.minutes, args.gap, args.seed, args.keep))
+    result = asyncio.run(soak(args.agents, args.minutes, args.gap, args.seed, args.keep, args.volume))
     print(json.dumps(result) if args.json else report(result), flush=True)
     sys.exit(0 if result["ok"] else 1)
 
