@@ -76,26 +76,6 @@ RESTORE_MARGIN = 5.0
 CONVERGENCE_LIMIT = 60.0
 
 
-WRITER = r"""
-import os, sys, time
-path = os.path.join(sys.argv[1], "sequence")
-count = 0
-if os.path.exists(path):
-    with open(path) as old:
-        lines = old.read().split("\n")[:-1]  # a last line without its newline was never acknowledged
-    count = len(lines)
-    print(f"found {count} in order={lines == [str(i) for i in range(1, count + 1)]} at {time.time():.3f}", flush=True)
-with open(path, "a") as out:
-    while True:
-        count += 1
-        out.write(f"{count}\n")
-        out.flush()
-        os.fsync(out.fileno())
-        print(f"acked {count} at {time.time():.3f}", flush=True)
-        time.sleep(0.05)
-"""
-
-
 def desired(agents: int, volume: bool = False) -> str:
     writer = f"""
 [[volume]]
@@ -106,7 +86,8 @@ replenish_wait = "60s"
 
 [[service]]
 name = "writer"
-command = {json.dumps([sys.executable, "-c", WRITER, "${NODEORCH_VOLUME_SOAKDATA}"])}
+command = {json.dumps([sys.executable, "-m", "nodeorch.faces.sequence_writer", "${NODEORCH_VOLUME_SOAKDATA}",
+                        "--pause", "0.05"])}
 volumes = [{{ volume = "soakdata", path = "/data" }}]
 stop_grace = "2s"
 restart_delay = "1s"

@@ -47,26 +47,8 @@ name = "web"
 command = {SLEEPER}
 """
 
-WRITER = r"""
-import os, sys, time
-path = os.path.join(sys.argv[1], "sequence")
-count = 0
-if os.path.exists(path):
-    with open(path) as old:
-        lines = old.read().split("\n")[:-1]  # a last line without its newline was never acknowledged
-    count = len(lines)
-    print(f"found {count} in order={lines == [str(i) for i in range(1, count + 1)]}", flush=True)
-with open(path, "a") as out:
-    while True:
-        count += 1
-        out.write(f"{count}\n")
-        out.flush()
-        os.fsync(out.fileno())
-        print(f"acked {count}", flush=True)
-        time.sleep(0.02)
-"""
 WRITING = DESIRED.replace(f"command = {SLEEPER}\nvolumes", "command = " + json.dumps(
-    [sys.executable, "-c", WRITER, "${NODEORCH_VOLUME_DB}"]) + "\nvolumes", 1)
+    [sys.executable, "-m", "nodeorch.faces.sequence_writer", "${NODEORCH_VOLUME_DB}"]) + "\nvolumes", 1)
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +149,7 @@ async def serving(agents: list[AgentProcess], state: str, replicas: int) -> dict
 
 def acked(text: str) -> int:
     """The last sequence number the writer had fsynced, by its log."""
-    numbers = re.findall(r"^acked (\d+)$", text, re.MULTILINE)
+    numbers = re.findall(r"^acked (\d+) at", text, re.MULTILINE)
     return int(numbers[-1]) if numbers else 0
 
 
@@ -191,7 +173,7 @@ async def test_a_service_keeps_every_acknowledged_write_when_its_node_dies(tmp_p
         moved = await serving(survivors, "degraded", 2)
         assert moved["engine"]["node"] != owner.name and moved["engine"]["epoch"] >= 2
         heir = next(a for a in survivors if a.name == moved["engine"]["node"])
-        found = await wait_until(lambda: re.search(r"^found (\d+) in order=(\w+)$", instance_log(tmp_path, heir),
+        found = await wait_until(lambda: re.search(r"^found (\d+) in order=(\w+) at", instance_log(tmp_path, heir),
                                                    re.MULTILINE), 60)
         assert int(found.group(1)) >= last and found.group(2) == "True", \
             f"{last} writes were acknowledged; the heir found {found.group(0)}"
@@ -213,7 +195,7 @@ async def test_an_engine_cut_off_from_two_replicas_fails_io_loses_nothing_and_re
             await asyncio.sleep(3)
             assert acked(instance_log(tmp_path, owner)) == last, "nothing acknowledged without a majority"
         # healed: the same engine serves again, the instance starts again on a checked filesystem
-        found = await wait_until(lambda: re.findall(r"^found (\d+) in order=(\w+)$", instance_log(tmp_path, owner),
+        found = await wait_until(lambda: re.findall(r"^found (\d+) in order=(\w+) at", instance_log(tmp_path, owner),
                                                     re.MULTILINE), 90)
         assert int(found[-1][0]) >= last and found[-1][1] == "True", f"{last} acknowledged; {found[-1]} found"
         await wait_until(lambda: acked(instance_log(tmp_path, owner)) > last + 20, 30)
@@ -229,8 +211,8 @@ async def test_draining_the_node_of_a_volume_service_moves_it_stop_first_with_it
         owner.cli_json("drain")
 
         def found_elsewhere() -> tuple[AgentProcess, re.Match[str]] | None:
-            for agent in agents:  # the writer's first line on its new node (its argv names "found" too)
-                match = re.search(r"^found (\d+) in order=(\w+)$", instance_log(tmp_path, agent), re.MULTILINE)
+            for agent in agents:  # the writer's first line on its new node
+                match = re.search(r"^found (\d+) in order=(\w+) at", instance_log(tmp_path, agent), re.MULTILINE)
                 if agent is not owner and match:
                     return agent, match
             return None
