@@ -201,20 +201,44 @@ def update_state(runner: ServiceRunner) -> UpdateState:
     return runner.rollouts["web"].state
 
 
-async def test_a_spec_change_replaces_instances_one_batch_at_a_time_stop_first() -> None:
-    v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=3, spread="none",
-                     update=UpdatePolicy(parallelism=1, delay=2.0, monitor=5.0))
+@dataclasses.dataclass
+class Rig:
+    """A runner on the in-memory driver in virtual time, its first spec running and desired.toml
+    just changed to `v2` (the same service, another command)."""
+
+    host: Host
+    driver: MemoryDriver
+    runner: ServiceRunner
+    now: list[float]
+    settle: Callable[[], Awaitable[None]]
+    v1: ServiceSpec
+    v2: ServiceSpec
+
+    def digests(self, slots: int) -> list[str]:
+        return [self.driver.specs[f"web/{slot}"].digest for slot in range(slots)]
+
+
+@contextlib.asynccontextmanager
+async def updating(v1: ServiceSpec, state_dir: Path | None = None) -> AsyncIterator[Rig]:
     now = [100.0]
     host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
-    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0], state_dir=state_dir)
     now[0] += SETTLE_TIMEOUT
     async with jobs_running(runner) as settle:
         await settle()
         v2 = new_spec(v1, command=("web", "v2"))
         host.services = (v2,)
+        yield Rig(host, driver, runner, now, settle, v1, v2)
+
+
+async def test_a_spec_change_replaces_instances_one_batch_at_a_time_stop_first() -> None:
+    v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=3, spread="none",
+                     update=UpdatePolicy(parallelism=1, delay=2.0, monitor=5.0))
+    async with updating(v1) as rig:
+        now, settle, runner, driver, host, v2 = rig.now, rig.settle, rig.runner, rig.driver, rig.host, rig.v2
 
         def digests() -> list[str]:
-            return [driver.specs[f"web/{slot}"].digest for slot in range(3)]
+            return rig.digests(3)
 
         await settle()
         assert digests() == [v2.digest, v1.digest, v1.digest], "slot 0 first, alone"
@@ -241,14 +265,8 @@ async def test_a_spec_change_replaces_instances_one_batch_at_a_time_stop_first()
 async def test_start_first_runs_the_new_instance_beside_the_old_until_it_is_running() -> None:
     v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=1,
                      update=UpdatePolicy(order="start-first", monitor=1.0))
-    now = [100.0]
-    host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
-    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
-    now[0] += SETTLE_TIMEOUT
-    async with jobs_running(runner) as settle:
-        await settle()
-        v2 = new_spec(v1, command=("web", "v2"))
-        host.services = (v2,)
+    async with updating(v1) as rig:
+        settle, runner, driver, host, v2 = rig.settle, rig.runner, rig.driver, rig.host, rig.v2
         await runner.reconcile()
         await runner.queue.settled()
         both = {i.slot: i.digest for i in await driver.instances()}
@@ -262,14 +280,8 @@ async def test_start_first_runs_the_new_instance_beside_the_old_until_it_is_runn
 async def test_a_new_instance_that_crashes_pauses_the_update_until_resumed() -> None:
     v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=3, spread="none",
                      update=UpdatePolicy(monitor=10.0))
-    now = [100.0]
-    host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
-    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
-    now[0] += SETTLE_TIMEOUT
-    async with jobs_running(runner) as settle:
-        await settle()
-        v2 = new_spec(v1, command=("web", "v2"))
-        host.services = (v2,)
+    async with updating(v1) as rig:
+        now, settle, runner, driver, v2 = rig.now, rig.settle, rig.runner, rig.driver, rig.v2
         await settle()
         now[0] += 1.0
         driver.crash("web", "0")
@@ -296,15 +308,9 @@ async def test_a_new_instance_that_crashes_pauses_the_update_until_resumed() -> 
 async def test_with_failure_action_rollback_the_failed_slot_goes_back_to_the_spec_it_ran() -> None:
     v1 = ServiceSpec("web", driver="memory", command=("web", "v1"), scale=2, spread="none",
                      update=UpdatePolicy(monitor=10.0, failure_action="rollback"))
-    now = [100.0]
-    host, driver = Host((v1,)), MemoryDriver(clock=lambda: now[0])
     state = Path(tempfile.mkdtemp(prefix="services-"))
-    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0], state_dir=state)
-    now[0] += SETTLE_TIMEOUT
-    async with jobs_running(runner) as settle:
-        await settle()
-        v2 = new_spec(v1, command=("web", "v2"))
-        host.services = (v2,)
+    async with updating(v1, state) as rig:
+        now, settle, driver, host, runner = rig.now, rig.settle, rig.driver, rig.host, rig.runner
         await settle()
         now[0] += 1.0
         driver.crash("web", "0")
