@@ -23,7 +23,8 @@ files, each pid checked alive) twice a second, and every agent's member.dead eve
   (invariant: no longer than the detection time);
 - shortfalls: fewer `work` slots running than desired, and how long after the fault began they
   were restored (invariant: within detection + 5 s);
-- false deaths: a node declared dead by a node while neither was faulted (invariant: none);
+- false deaths: a node declared dead by a node while neither was faulted, from the start of the
+  chaos on (invariant: none; deaths while every agent starts at once are counted apart);
 - convergence: after the last fault, every agent holds every node's latest document (invariant:
   within 60 s);
 - agent CPU (% of a core, over the soak, agents never killed) and RSS at the end.
@@ -503,13 +504,16 @@ async def soak(agents: int, minutes: float, gap: float, seed: int, keep: bool = 
     detection = statistics.median(detections) if detections else bound
     episodes = verdicts(run.tracker.closed, faults, detection)
     writer_episodes = verdicts(run.writer.closed, faults, detection)
-    wrong_deaths = false_deaths(run.deaths, faults, run.names, grace=detection + 5)
+    # Deaths before the chaos began (while every agent was starting at once) are counted apart.
+    startup_deaths = [d for d in run.deaths if d[2] < began]
+    wrong_deaths = false_deaths([d for d in run.deaths if d[2] >= began], faults, run.names, grace=detection + 5)
     return {
         "agents": agents, "minutes": minutes, "seed": seed, "placed_in": round(placed, 1),
         "left_out": [k for k in NEEDS_IPTABLES if k not in kinds],
         "faults": [{"kind": f.kind, "nodes": [run.names[i] for i in f.nodes], "duration": f.duration,
                     "detected": None if f.detected is None else round(f.detected, 1)} for f in faults],
         "detection": round(detection, 1), "episodes": episodes, "false_deaths": wrong_deaths,
+        "startup_deaths": len(startup_deaths),
         "volume": None if writes is None else {**writes, "episodes": writer_episodes},
         "volume_left_out": "" if with_volume else cannot_attach or "--volume off",
         "convergence": None if convergence is None else round(convergence, 1),
@@ -544,7 +548,8 @@ def report(result: dict[str, Any]) -> str:
                       f"{volume['lost'][:3] or ''}"]
         lines += [f"  writer {e['episode']} after {e['fault']}: lasted {e['lasted']} s (a volume moves stop-first)"
                   for e in volume["episodes"]]
-    lines += ["", f"false deaths: {len(result['false_deaths'])} {result['false_deaths'][:5] or ''}",
+    lines += ["", f"false deaths: {len(result['false_deaths'])} {result['false_deaths'][:5] or ''} "
+              f"(and {result['startup_deaths']} while the agents were all starting, before the chaos)",
               f"documents converged after the last fault: "
               f"{'no, not within 60 s' if result['convergence'] is None else str(result['convergence']) + ' s'}",
               f"agent CPU over the soak: mean {result['cpu_mean']} %, max {result['cpu_max']} % of a core; "
