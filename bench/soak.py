@@ -74,6 +74,8 @@ NEEDS_IPTABLES = ("partition", "loss")
 DURATIONS = {"host_crash": (8.0, 15.0), "agent_crash": (3.0, 8.0), "stall": (2.0, 6.0),
              "partition": (10.0, 20.0), "loss": (20.0, 30.0)}
 RESTORE_MARGIN = 5.0
+QUIET = 15.0
+"""Seconds without a death before the chaos begins."""
 CONVERGENCE_LIMIT = 60.0
 
 
@@ -436,6 +438,16 @@ class Soak:
         raise RuntimeError(f"work never ran {self.scale} instances (and the writer, with a volume) "
                            f"within {timeout:.0f} s")
 
+    async def calm(self, quiet: float, timeout: float) -> None:
+        """Wait until no node has declared another dead for `quiet` seconds (agents that all start
+        at once on a small machine starve each other for a while), or `timeout`."""
+        started = time.time()
+        while time.time() - started < timeout:
+            last = max((t for _, _, t in self.deaths), default=0.0)
+            if time.time() - max(last, started) >= quiet:
+                return
+            await asyncio.sleep(1)
+
     async def converged(self, timeout: float) -> float | None:
         """Seconds until every agent holds every node's latest document (None: not within timeout)."""
         started = time.time()
@@ -470,7 +482,7 @@ async def soak(agents: int, minutes: float, gap: float, seed: int, keep: bool = 
         placed = await run.all_placed(240)
         tasks = [asyncio.create_task(run.watch_truth())]
         tasks += [asyncio.create_task(run.watch_deaths(i)) for i in range(agents)]
-        await asyncio.sleep(5)
+        await run.calm(QUIET, 180)
         steady = [p.pid for p in run.cluster.procs]
         before = {pid: cpu_seconds(pid) for pid in steady}
         began = time.time()
