@@ -263,11 +263,19 @@ class UdpTcpTransport:
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
 
+    def _source_for(self, to: Address) -> Address | None:
+        """Streams leave from the bound address, as packets do, so a peer (and a firewall) sees
+        one address per member; a wildcard bind leaves the choice to the kernel."""
+        host = self._local[0]
+        if host in ("", "0.0.0.0", "::") or (":" in host) != (":" in to[0]):
+            return None
+        return (host, 0)
+
     async def request(self, to: Address, data: bytes, timeout: float) -> bytes:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(to[0], to[1])
+                reader, writer = await asyncio.open_connection(to[0], to[1], local_addr=self._source_for(to))
                 self.stats["streams_out"] += 1
                 frame = self._frame(data)
                 writer.write(frame)

@@ -32,7 +32,7 @@ TransportFactory = Callable[[int], Transport]
 @pytest.fixture(params=["udp", "memory"])
 def make_transport(request: pytest.FixtureRequest) -> TransportFactory:
     if request.param == "udp":
-        return lambda i: UdpTcpTransport(("127.0.0.1", 0), max_packet=1400, max_frame=1 << 20)
+        return lambda i: UdpTcpTransport((f"127.0.0.{i + 2}", 0), max_packet=1400, max_frame=1 << 20)
     network = MemoryNetwork(random.Random(1))
     return lambda i: network.transport((f"127.0.0.{i + 1}", 7946))
 
@@ -60,6 +60,19 @@ async def test_requests_get_replies_and_silence_is_an_empty_reply(make_transport
         b.serve(lambda data, src: None, echo)
         assert await a.request(b.local_addr, b"ping", timeout=2) == b"PING"
         assert await a.request(b.local_addr, b"quiet", timeout=2) == b""
+
+
+async def test_a_request_comes_from_the_requesters_address(make_transport: TransportFactory) -> None:
+    sources: list[Address] = []
+
+    async def note(data: bytes, src: Address) -> bytes | None:
+        sources.append(src)
+        return b"ok"
+
+    async with make_transport(0) as a, make_transport(1) as b:
+        b.serve(lambda data, src: None, note)
+        assert await a.request(b.local_addr, b"hi", timeout=2) == b"ok"
+    assert sources[0][0] == a.local_addr[0], "a firewall rule on a member's address applies to its streams too"
 
 
 async def test_a_closed_peer_is_an_error_not_a_hang(make_transport: TransportFactory) -> None:
