@@ -57,6 +57,8 @@ SETTLE_TIMEOUT = 5.0
 """After a start, how long to wait at most for the other nodes' documents before acting, and how
 long a node that sees no peer waits before it decides alone."""
 MAX_CONCURRENT_JOBS = 4
+LEFT_GRACE = 5.0
+"""Seconds a member that left gracefully keeps its slots before they are placed elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +192,19 @@ class ServiceRunner:
                     await self._wake.wait()
             self._wake.clear()
 
+    def _recently_left(self) -> set[str]:
+        """Members that left less than LEFT_GRACE ago: their instances run on (an agent's stop
+        leaves them), and in a fleet-wide stop every agent leaves within moments of the others."""
+        now = self._clock()
+        return {m.name for m in self._host.members()
+                if m.state is MemberState.LEFT and now - m.state_since < LEFT_GRACE}
+
     def _nodes(self) -> list[NodeView]:
-        return node_views(self._host.members(), self._host.documents)
+        """The members as placement sees them; one that just left keeps what it runs, like a
+        suspect, so nothing is started twice while a whole fleet stops."""
+        left = self._recently_left()
+        return [dataclasses.replace(view, alive=True, suspect=True) if view.name in left else view
+                for view in node_views(self._host.members(), self._host.documents)]
 
     def placement(self) -> list[Assignment]:
         reported = {**self._reported(), self._host.name: self._published[0] if self._published else ()}
@@ -203,10 +216,11 @@ class ServiceRunner:
         return {r.key for r in self._published[0]} if self._published else set()
 
     def _reported(self) -> dict[str, tuple[InstanceRecord, ...]]:
+        left = self._recently_left()
         return {
             name: tuple(document.instances)
             for name, document in self._host.documents.items()
-            if name != self._host.name and not self._host.stale(name)
+            if name != self._host.name and (not self._host.stale(name) or name in left)
         }
 
     def _specs(self) -> list[ServiceSpec]:

@@ -19,7 +19,13 @@ from drivers.containers.memory import MemoryDriver
 from gossip import Member, MemberState
 from nodeorch.reconcile.job_table import JobTable
 from nodeorch.reconcile.rolling_update import UpdateState
-from nodeorch.reconcile.service_runner import SETTLE_TIMEOUT, PlacementGate, ServiceRunner, UpdateRequestError
+from nodeorch.reconcile.service_runner import (
+    LEFT_GRACE,
+    SETTLE_TIMEOUT,
+    PlacementGate,
+    ServiceRunner,
+    UpdateRequestError,
+)
 from nodeorch.spec.service_spec import ServiceSpec, UpdatePolicy, VolumeMount
 from nodeorch.state.event_log import EventLog
 from nodeorch.state.node_document import NodeDocument
@@ -325,3 +331,36 @@ async def test_with_failure_action_rollback_the_failed_slot_goes_back_to_the_spe
     # A restarted agent still knows: the mark and the spec to go back to are kept on disk.
     again = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0], state_dir=state)
     assert [m.action for m in again.marks()] == [UpdateAction.ROLLBACK]
+
+
+class WithPeerThatLeft(Host):
+    """Node b left at t=100 (its agent stopped; its instance of web/0 runs on)."""
+
+    def members(self) -> list[Member]:
+        return [*super().members(),
+                Member("b", ("127.0.0.3", 7946), json.dumps({}).encode(), 0, MemberState.LEFT, 100.0)]
+
+    def stale(self, name: str) -> bool:
+        return name == "b"
+
+    @property
+    def documents(self) -> Mapping[str, NodeDocument]:
+        running = (InstanceRecord("web", "0", InstancePhase.RUNNING),)
+        return {"b": NodeDocument("b", 1, "x", instances=running)}
+
+
+async def test_the_slots_of_a_member_that_just_left_are_not_started_elsewhere_at_once() -> None:
+    """A fleet-wide stop: agents leave one after the other within moments; one that sees a peer
+    leave before its own SIGTERM must not start the peer's instances (they run on)."""
+    web = ServiceSpec("web", driver="memory", command=("web",), scale=1)
+    host, driver = WithPeerThatLeft((web,)), MemoryDriver()
+    now = [100.0 + SETTLE_TIMEOUT]
+    runner = ServiceRunner(host, {"memory": driver}, clock=lambda: now[0])
+    runner._settled = True
+    async with jobs_running(runner) as settle:
+        now[0] = 101.0
+        await settle()
+        assert driver.started == [], "b left a second ago: its slot stays its own"
+        now[0] = 100.0 + LEFT_GRACE
+        await settle()
+        assert driver.started == ["web/0"], "after the grace, the slot is placed again"
