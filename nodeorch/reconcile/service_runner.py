@@ -212,8 +212,8 @@ class ServiceRunner:
         return placed_slots(self._host.desired_services(), self._nodes(), held, self._host.volume_slots())
 
     def local_slots(self) -> set[str]:
-        """"service/slot" of every instance this node holds (running or not), as last published."""
-        return {r.key for r in self._published[0]} if self._published else set()
+        """"service/slot" (the logical slot) of every instance this node holds, as last published."""
+        return {f"{r.service}/{logical_slot(r.slot)}" for r in self._published[0]} if self._published else set()
 
     def _reported(self) -> dict[str, tuple[InstanceRecord, ...]]:
         left = self._recently_left()
