@@ -57,7 +57,7 @@ def running_containers() -> dict[str, dict[str, Any]]:
 @pytest.fixture
 async def trio(tmp_path: Path, busybox_image: str) -> AsyncIterator[list[AgentProcess]]:
     try:
-        async with agent_trio(tmp_path, desired(busybox_image, 1, "one"), NAMES) as agents:
+        async with agent_trio(tmp_path, desired(busybox_image, 1, "one"), NAMES, expect=3) as agents:
             yield agents
     finally:
         client = docker_client()
