@@ -30,6 +30,9 @@ LABEL = "io.nodeorch"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 ENGINE_RECHECK = 30.0
 """While this node has no Docker work, how often to ask the engine whether it holds containers of ours."""
+UNREACHABLE_RETRY = 5.0
+"""After the engine could not be reached, how long calls fail at once with that error before the
+next attempt (building a client costs more than a services pass, which runs every second)."""
 _STATES = {
     "running": InstanceState.RUNNING,
     "created": InstanceState.STARTING,
@@ -71,6 +74,8 @@ class DockerDriver:
         self._has_work = client_factory is not None  # a caller's own client: no shortcut
         self._clock = clock
         self._next_check = 0.0
+        self._unreachable = ""
+        self._retry_at = 0.0
 
     def _docker(self) -> Any:
         if self._client is None:
@@ -79,10 +84,15 @@ class DockerDriver:
                 self._client.ping()
             except _sdk().errors.DockerException as error:
                 self._client = None
-                raise DriverError(f"the Docker engine is unreachable: {error}") from None
+                self._unreachable = f"the Docker engine is unreachable: {error}"
+                self._retry_at = self._clock() + UNREACHABLE_RETRY
+                raise DriverError(self._unreachable) from None
+            self._unreachable = ""
         return self._client
 
     async def _call(self, function: Callable[[], Any]) -> Any:
+        if self._client is None and self._unreachable and self._clock() < self._retry_at:
+            raise DriverError(self._unreachable)
         try:
             return await asyncio.to_thread(function)
         except DriverError:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,6 +131,24 @@ async def test_an_unreachable_docker_engine_is_a_clear_transient_error() -> None
     with pytest.raises(DriverError, match="the Docker engine is unreachable") as caught:
         await driver.instances()
     assert caught.value.transient
+
+
+async def test_an_unreachable_docker_engine_is_asked_again_only_after_a_pause() -> None:
+    import docker
+
+    attempts: list[float] = []
+    now = [100.0]
+
+    def no_engine() -> Any:
+        attempts.append(now[0])
+        raise docker.errors.DockerException("connection refused")
+
+    driver = DockerDriver("n", "127.0.0.2", no_engine, clock=lambda: now[0])
+    for step in (0.0, 1.0, 1.0, 1.0, 2.5):
+        now[0] += step
+        with pytest.raises(DriverError, match="the Docker engine is unreachable: connection refused"):
+            await driver.instances()
+    assert attempts == [100.0, 105.5]
 
 
 async def test_the_process_driver_reports_a_crash_with_its_exit_code(tmp_path: Path) -> None:
