@@ -271,12 +271,13 @@ class ServiceRunner:
         recreate = self._watch_health(reported, local)
         specs = self._specs()
         own = self._records(local)
-        targets = self._roll(now, specs, reported, local, own)
+        nodes, volume_slots = self._nodes(), self._host.volume_slots()
+        targets = self._roll(now, specs, reported, local, own, nodes, volume_slots)
         ready = {r.key for r in own if r.state is InstancePhase.RUNNING and r.health is not HealthStatus.UNHEALTHY
                  and (r.health is HealthStatus.HEALTHY or self._unchecked(r.service))}
         current = {name for name in reported if self._host.current_life(name)}
-        decisions = plan_services(now, self._host.name, specs, self._nodes(), reported, local, self._memory,
-                                  recreate, self._host.volume_slots(), targets, ready, current)
+        decisions = plan_services(now, self._host.name, specs, nodes, reported, local, self._memory,
+                                  recreate, volume_slots, targets, ready, current)
         for decision in decisions:
             self._submit(decision)
         await self._publish(local)
@@ -285,7 +286,8 @@ class ServiceRunner:
         return any(s.name == service and s.health is None for s in self._host.desired_services())
 
     def _roll(self, now: float, specs: list[ServiceSpec], reported: Mapping[str, tuple[InstanceRecord, ...]],
-              local: list[InstanceStatus], own: tuple[InstanceRecord, ...]) -> dict[str, SlotTarget]:
+              local: list[InstanceStatus], own: tuple[InstanceRecord, ...], nodes: list[NodeView],
+              volume_slots: Mapping[str, str]) -> dict[str, SlotTarget]:
         """Where each service's rolling update stands; this node's failing instances leave their
         mark; returns what this node's slots should run and which it may replace now."""
         me = self._host.name
@@ -297,7 +299,7 @@ class ServiceRunner:
                 instances.setdefault(r.service, []).append(
                     SlotInstance(logical_slot(r.slot), node, r.digest, r.state, r.health, r.since))
         slots: dict[str, list[str]] = {}
-        for a in placed_slots(specs, self._nodes(), held_instances(me, reported, local), self._host.volume_slots()):
+        for a in placed_slots(specs, nodes, held_instances(me, reported, local), volume_slots):
             slots.setdefault(a.service, []).append(a.slot)
         # Every document's marks, a dead node's too: a pause is the cluster's, not a member's.
         marks = [m for name, d in self._host.documents.items() if name != me for m in d.updates]

@@ -111,7 +111,11 @@ class VolumeKeeper:
         return list(self.view(()).plans.values())
 
     def volume_slots(self) -> Mapping[str, str]:
-        """"service/slot" -> node for the services that use volumes."""
+        """"service/slot" -> node for the services that use volumes (the services runner asks on
+        every pass: without such a service, the whole view is not worth computing)."""
+        desired = self._host.desired_state()
+        if desired is None or not any(s.volumes and not s.global_ for s in desired.services):
+            return {}
         return self.view().slots
 
     async def attach_volumes(self, spec: InstanceSpec) -> InstanceSpec:

@@ -97,22 +97,28 @@ class ServiceSpec:
     health: HealthSpec | None = None
     volumes: tuple[VolumeMount, ...] = ()
     update: UpdatePolicy = UpdatePolicy()
+    _digest: str = field(default="", init=False, repr=False, compare=False)
 
     @property
     def digest(self) -> str:
         """Changes whenever anything that shapes a running instance changes (what it runs, its
         environment, health check, volumes, stop grace), and only then: a new scale, selector or
-        update policy replaces no instance."""
-        shaping = {key: value for key, value in asdict(self).items() if key in _SHAPING}
-        blob = json.dumps(shaping, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        update policy replaces no instance. Computed once per spec: every services pass reads it
+        for every instance in the cluster."""
+        if not self._digest:
+            shaping = {key: value for key, value in asdict(self).items() if key in _SHAPING}
+            blob = json.dumps(shaping, sort_keys=True, default=str).encode()
+            object.__setattr__(self, "_digest", hashlib.sha256(blob).hexdigest()[:12])
+        return self._digest
 
 
 _SHAPING = {"name", "driver", "image", "command", "env", "ports", "stop_grace", "health", "volumes"}
 
 
 def spec_to_json(spec: ServiceSpec) -> dict[str, Any]:
-    return asdict(spec)
+    raw = asdict(spec)
+    del raw["_digest"]
+    return raw
 
 
 def spec_from_json(raw: Mapping[str, Any]) -> ServiceSpec:

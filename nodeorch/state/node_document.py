@@ -8,6 +8,7 @@ checked on both ends: the owner refuses to publish an oversized one, and receive
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -201,21 +202,26 @@ def encode_labels(labels: Mapping[str, str], boot_id: str = "") -> bytes:
     return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _meta(meta: bytes) -> dict[str, object]:
+@functools.lru_cache(maxsize=4096)
+def _meta(meta: bytes) -> tuple[tuple[str, object], ...]:
+    """A member's gossip metadata as (key, value) pairs, decoded once per distinct value: every
+    services pass reads every member's labels, and they rarely change."""
     try:
         decoded = json.loads(meta) if meta else {}
     except ValueError:
-        return {}
-    return decoded if isinstance(decoded, dict) else {}
+        return ()
+    if not isinstance(decoded, dict):
+        return ()
+    return tuple((str(k), v) for k, v in decoded.items())
 
 
 def decode_labels(meta: bytes) -> dict[str, str]:
     """Labels from a member's gossip metadata; anything else (another agent's format) is no labels."""
-    return {str(k): str(v) for k, v in _meta(meta).items() if not str(k).startswith("@")}
+    return {k: str(v) for k, v in _meta(meta) if not k.startswith("@")}
 
 
 def boot_of(meta: bytes) -> str:
     """The boot id in a member's gossip metadata, or "" (an agent that does not say)."""
-    boot = _meta(meta).get(BOOT_KEY, "")
+    boot = next((v for k, v in _meta(meta) if k == BOOT_KEY), "")
     return boot if isinstance(boot, str) else ""
 
