@@ -464,6 +464,9 @@ class GossipCore:
                 self._apply_suspect(now, message, out)
             case Alive():
                 self._apply_alive(now, message, out)
+            case Dead() if self._from_returned_member(now, message):
+                self.stats["deaths_doubted"] += 1
+                self._apply_suspect(now, Suspect(message.incarnation, message.node, message.sender), out)
             case Dead():
                 self._apply_dead(now, message, out)
             case AppState():
@@ -549,6 +552,23 @@ class GossipCore:
             self._suspicions.pop(message.node, None)
             self._queue.queue(("m", message.node), encode(message))
             self._emit(now, EventKind.LEFT if outcome is Outcome.LEFT else EventKind.DEAD, message.node, out)
+
+    def _from_returned_member(self, now: float, message: Dead) -> bool:
+        """Whether a verdict of death comes from a member we did not see alive all along: one we
+        hold as suspect, dead or left, or that came back less than the longest suspicion ago.
+        Cut off from us (a partition, a stall), it suspected members it could not reach, and its
+        timers can expire after it is back, just before their refutations reach it. Such a
+        verdict is taken as a suspicion: the accused refutes it, and a member that did die is
+        declared dead by our own timer."""
+        if message.is_leave or message.node == self.name:
+            return False
+        declarer = self._table.get(message.sender)
+        if declarer is None or message.sender == self.name:
+            return False
+        if declarer.state is not MemberState.ALIVE:
+            return True
+        live = self._table.count(MemberState.ALIVE) + self._table.count(MemberState.SUSPECT)
+        return now - declarer.state_since < self.config.suspicion_max_timeout(live)
 
     def _suspicion_expired(self, now: float, name: str, out: list[Action]) -> None:
         timer = self._suspicions.pop(name)

@@ -87,6 +87,29 @@ def test_a_partition_longer_than_the_suspicion_timeout_heals_after_it_ends() -> 
     assert sim.now - healed_at <= 2 * lan().rejoin_interval + 5
 
 
+def test_after_a_partition_heals_the_cut_off_side_declares_no_member_of_the_rest_dead() -> None:
+    """The cut-off members' suspicions of the others, still running when the partition heals,
+    expire before the accused refutations reach them; their verdicts must not kill the
+    accused in the eyes of members that saw them alive all along."""
+    for seed in (11, 12, 13):
+        sim = joined_cluster(50, seed=seed)
+        names = sorted(sim.nodes)
+        cut, rest = names[:5], names[5:]
+        sim.network.partition([sim.nodes[n].addr for n in cut], [sim.nodes[n].addr for n in rest])
+        sim.run_for(11)
+        suspected = [r for o in cut for r in rest
+                     if (m := sim.view(o, r)) is not None and m.state is MemberState.SUSPECT]
+        assert suspected, "the cut-off side still suspects some of the others when the partition heals"
+        for node in sim.nodes.values():
+            node.events.clear()
+        sim.network.heal()
+        assert sim.run_for(120, stop=sim.converged), "the partition healed"
+        sim.run_for(30)
+        wrong = [(o, s) for o, s in deaths([sim.nodes[n] for n in rest]) if s in rest]
+        assert wrong == [], f"seed {seed}: members of the rest declared dead after the heal: {wrong[:5]}"
+        assert sim.stats()["deaths_doubted"] > 0, "verdicts of the cut-off side were taken as suspicions"
+
+
 def test_a_leave_is_seen_as_left_not_dead() -> None:
     sim = joined_cluster(12, seed=11)
     sim.leave("node-4")
