@@ -21,6 +21,11 @@ class Awareness:
         return self.score
 
     @property
+    def worst(self) -> bool:
+        """Whether the score is at its maximum: most of what this node asks goes unanswered."""
+        return self.score >= self._max - 1 > 0
+
+    @property
     def multiplier(self) -> int:
         return self.score + 1
 

@@ -571,7 +571,15 @@ class GossipCore:
         return now - declarer.state_since < self.config.suspicion_max_timeout(live)
 
     def _suspicion_expired(self, now: float, name: str, out: list[Action]) -> None:
-        timer = self._suspicions.pop(name)
+        timer = self._suspicions[name]
+        if self._awareness.worst and timer.hold(now, self.config.probe_interval):
+            # Our own health is at its worst (what we ask goes unanswered, helpers send no
+            # nacks): we are likely the one cut off, and the confirmations came from members cut
+            # off with us. The verdict waits for our health to recover, up to the unconfirmed
+            # timeout, so a partition's small side does not declare the rest dead meanwhile.
+            self.stats["verdicts_held"] += 1
+            return
+        del self._suspicions[name]
         entry = self._table.get(name)
         if entry is None or entry.state is not MemberState.SUSPECT or entry.incarnation != timer.incarnation:
             return

@@ -53,6 +53,15 @@ class SuspicionTimer:
         self.deadline = self.start + suspicion_timeout(self.confirmations, self._k, self._min, self._max)
         return True
 
+    def hold(self, now: float, step: float) -> bool:
+        """Wait `step` more, but never past the unconfirmed (maximal) timeout; False when that
+        has passed already and the verdict must be given now."""
+        latest = self.start + self._max
+        if now >= latest:
+            return False
+        self.deadline = min(now + step, latest)
+        return True
+
     def postpone(self, delay: float) -> None:
         """Push the deadline out: this node was stalled and could not hear a refutation in time."""
         self.start += delay

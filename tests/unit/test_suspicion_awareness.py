@@ -51,3 +51,22 @@ def test_awareness_is_bounded_and_scales_timeouts() -> None:
     assert health.score == 7
     health.apply(-100)
     assert health.score == 0
+
+
+def test_a_held_verdict_waits_step_by_step_but_never_past_the_maximal_timeout() -> None:
+    timer = SuspicionTimer(incarnation=1, accuser="a", start=0.0, k=2, min_timeout=4.0, max_timeout=24.0)
+    timer.confirm("b")
+    timer.confirm("c")
+    assert timer.deadline == 4.0
+    assert timer.hold(4.0, 1.0) and timer.deadline == 5.0
+    assert timer.hold(23.5, 1.0) and timer.deadline == 24.0, "the last step ends at the maximal timeout"
+    assert not timer.hold(24.0, 1.0), "past the maximal timeout the verdict is due"
+
+
+def test_only_the_worst_health_score_counts_as_worst() -> None:
+    health = Awareness(max_multiplier=8)
+    health.apply(6)
+    assert not health.worst
+    health.apply(1)
+    assert health.worst
+    assert not Awareness(max_multiplier=1).worst, "without a health multiplier nothing is ever held"
