@@ -40,6 +40,13 @@ from gossip._messages import (
 )
 
 MAX_UINT64 = 2**64 - 1
+_MEMBER_STATES = {int(state): state for state in MemberState}
+_VALID_MEMORY = 65536
+"""Names and hosts remembered as checked before the memory starts over (bounds it)."""
+_checked_names: dict[int, set[str]] = {}
+"""Per name length limit, member names that passed check_name (shared by every codec of the
+process: a simulation runs thousands)."""
+_checked_hosts: set[str] = set()
 MAX_PACKET_MESSAGES = 256
 """A 1400-byte packet cannot hold more real messages than this; more is an attack."""
 
@@ -194,6 +201,8 @@ class Codec:
         self._max_name = config.max_name_length
         self._max_meta = config.max_meta_size
         self._max_app = config.max_app_state_size
+        self._valid_names = _checked_names.setdefault(self._max_name, set())
+        self._valid_hosts = _checked_hosts
         self._decoders: dict[int, Callable[[_Fields], Message]] = {
             MessageType.PING: self._ping,
             MessageType.INDIRECT_PING: self._indirect_ping,
@@ -261,18 +270,32 @@ class Codec:
         return UserEventMessage(origin, ltime, name, payload)
 
     def _member_records(self, items: list[Any]) -> tuple[MemberRecord, ...]:
+        """A push-pull's member list: every record is checked like any message, but a name or
+        address seen valid before is not parsed again (a push-pull repeats the whole cluster)."""
         records = []
+        names, hosts = self._valid_names, self._valid_hosts
         for item in items:
             if type(item) is not list:
                 raise DecodeError("bad_field", "member record is not an array")
-            f = _Fields(self, [None, *item])
-            name, addr = f.name(), f.addr()
-            meta = f.blob(self._max_meta)
-            assert meta is not None
-            incarnation, state = f.uint(), f.uint()
-            if state not in MemberState._value2member_map_:
-                raise DecodeError("bad_field", f"member state {state}")
-            records.append(MemberRecord(name, addr, meta, incarnation, MemberState(state)))
+            if len(item) < 6:
+                raise DecodeError("truncated", f"member record has {len(item)} fields")
+            name, host, port, meta, incarnation, state = item[:6]  # a newer member may add fields
+            if type(name) is not str or name not in names:
+                names.add(self.check_name(name))
+            if type(host) is not str or host not in hosts or type(port) is not int or not 0 < port < 65536:
+                hosts.add(self.check_addr(host, port)[0])
+            if type(meta) is not bytes:
+                raise DecodeError("bad_field", f"expected bytes, got {type(meta).__name__}")
+            if len(meta) > self._max_meta:
+                raise DecodeError("oversized", f"{len(meta)} bytes > {self._max_meta}")
+            if type(incarnation) is not int or not 0 <= incarnation <= MAX_UINT64:
+                raise DecodeError("bad_field", f"incarnation {incarnation!r}")
+            if type(state) is not int or state not in _MEMBER_STATES:
+                raise DecodeError("bad_field", f"member state {state!r}")
+            records.append(MemberRecord(name, (host, port), meta, incarnation, _MEMBER_STATES[state]))
+        if len(names) > _VALID_MEMORY or len(hosts) > _VALID_MEMORY:
+            names.clear()
+            hosts.clear()
         return tuple(records)
 
     def _digest(self, items: list[Any]) -> tuple[tuple[str, int], ...]:

@@ -155,6 +155,9 @@ class GossipCore:
         self._queue = BroadcastQueue(config.max_queue_depth)
         self._awareness = Awareness(config.awareness_max_multiplier)
         self._suspicions: dict[str, SuspicionTimer] = {}
+        self._returned: dict[str, float] = {}
+        """Members that came back alive (from suspect, dead or left) lately, and when: their
+        verdicts of death may come from timers started while they were cut off from us."""
         self._budget = config.max_packet_size - packet_overhead - header_size(MAX_PACKET_MESSAGES)
         self._seq = rng.randrange(1 << 31)
         self._tokens = 0
@@ -491,7 +494,11 @@ class GossipCore:
     # Applying membership messages ------------------------------------------------------------------
 
     def _apply_alive(self, now: float, message: Alive, out: list[Action]) -> None:
+        known = self._table.get(message.node)
+        away = known is not None and known.state is not MemberState.ALIVE
         outcomes = self._table.apply_alive(message, now)
+        if away and outcomes & {Outcome.ALIVE_AGAIN, Outcome.JOINED}:
+            self._returned[message.node] = now
         if Outcome.REFUTE in outcomes:
             self._refute(message.incarnation, out)
             return
@@ -567,8 +574,12 @@ class GossipCore:
             return False
         if declarer.state is not MemberState.ALIVE:
             return True
+        returned = self._returned.get(message.sender)
+        return returned is not None and now - returned < self._longest_suspicion()
+
+    def _longest_suspicion(self) -> float:
         live = self._table.count(MemberState.ALIVE) + self._table.count(MemberState.SUSPECT)
-        return now - declarer.state_since < self.config.suspicion_max_timeout(live)
+        return self.config.suspicion_max_timeout(live)
 
     def _suspicion_expired(self, now: float, name: str, out: list[Action]) -> None:
         timer = self._suspicions[name]
@@ -677,6 +688,11 @@ class GossipCore:
     def _merge_members(self, now: float, records: Iterable[MemberRecord], out: list[Action]) -> None:
         for record in records:
             if record.state is MemberState.ALIVE:
+                known = self._table.get(record.name)
+                if (known is not None and known.state is MemberState.ALIVE and known.addr == record.addr
+                        and (known.incarnation > record.incarnation
+                             or (known.incarnation == record.incarnation and known.meta == record.meta))):
+                    continue  # what we hold already (most of a push-pull): nothing to apply
                 self._apply_alive(now, Alive(record.incarnation, record.name, record.addr, record.meta), out)
             elif record.state is MemberState.LEFT:
                 self._apply_dead(now, Dead(record.incarnation, record.name, record.name), out)
@@ -920,6 +936,9 @@ class GossipCore:
         return out
 
     def _reap(self, now: float, out: list[Action]) -> None:
+        horizon = now - self._longest_suspicion()
+        for name in [n for n, at in self._returned.items() if at < horizon]:
+            del self._returned[name]
         for entry in self._table.reap(now, self.config.tombstone_timeout):
             self._app.pop(entry.name, None)
             self._suspicions.pop(entry.name, None)

@@ -122,6 +122,36 @@ def test_wrongly_typed_fields_are_refused(fields: list[object]) -> None:
         CODEC.decode_frame(msgpack.packb(fields, use_bin_type=True))
 
 
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (["n\n", "127.0.0.1", 1, b"", 1, 0], "bad_name"),
+        (["n", "127.0.0.999", 1, b"", 1, 0], "bad_addr"),
+        (["n", "127.0.0.1", 0, b"", 1, 0], "bad_addr"),
+        (["n", "127.0.0.1", 1, "meta", 1, 0], "bad_field"),
+        (["n", "127.0.0.1", 1, b"m" * 513, 1, 0], "oversized"),
+        (["n", "127.0.0.1", 1, b"", -1, 0], "bad_field"),
+        (["n", "127.0.0.1", 1, b"", 1, True], "bad_field"),
+        (["n", "127.0.0.1", 1, b""], "truncated"),
+    ],
+)
+def test_a_push_pull_record_is_checked_even_after_its_name_and_host_were_seen_valid(
+    record: list[object], reason: str
+) -> None:
+    valid = ["n", "127.0.0.1", 1, b"", 1, 0]
+    CODEC.decode_frame(msgpack.packb([8, True, [valid], []], use_bin_type=True))
+    with pytest.raises(DecodeError) as refused:
+        CODEC.decode_frame(msgpack.packb([8, True, [valid, record], []], use_bin_type=True))
+    assert refused.value.reason == reason
+
+
+def test_a_push_pull_record_with_fields_from_a_newer_member_is_read() -> None:
+    newer = ["n", "127.0.0.1", 7946, b"meta", 3, 1, "a field this version does not know"]
+    message = CODEC.decode_frame(msgpack.packb([8, False, [newer], []], use_bin_type=True))
+    assert isinstance(message, PushPull)
+    assert message.members == (MemberRecord("n", ("127.0.0.1", 7946), b"meta", 3, MemberState.SUSPECT),)
+
+
 def test_a_huge_claimed_array_does_not_allocate() -> None:
     # An array header claiming four billion elements in a five-byte frame.
     with pytest.raises(DecodeError):
