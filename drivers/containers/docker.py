@@ -114,7 +114,9 @@ class DockerDriver:
 
     async def _engine_holds_ours(self) -> bool:
         """Whether the engine holds containers of this node, asked without the SDK. True when it
-        cannot tell (the SDK then reports the problem); False when no engine socket exists."""
+        cannot tell (the SDK then reports the problem); False when no engine socket exists;
+        DriverError when nothing answers on the socket (a stopped engine: what it held is
+        unknown, and loading the SDK to learn that costs every agent 16 MB)."""
         path = _engine_socket()
         if path is None:
             return True
@@ -126,6 +128,8 @@ class DockerDriver:
                                              timeout=aiohttp.ClientTimeout(total=5)) as session, \
                     session.get("http://docker/containers/json", params={"all": "1", "filters": filters}) as answer:
                 return answer.status != 200 or bool(await answer.json())
+        except aiohttp.ClientConnectorError as error:
+            raise DriverError(f"the Docker engine is unreachable: {error.os_error}") from None
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return True
 
@@ -144,12 +148,18 @@ class DockerDriver:
 
     async def instances(self) -> list[InstanceStatus]:
         if not self._has_work:
-            if self._clock() < self._next_check:
+            if self._clock() >= self._next_check:
+                self._next_check = self._clock() + ENGINE_RECHECK
+                try:
+                    self._has_work = await self._engine_holds_ours()
+                    self._unreachable = ""
+                except DriverError as error:
+                    self._unreachable = str(error)
+                    self._next_check = self._clock() + UNREACHABLE_RETRY
+            if self._unreachable:
+                raise DriverError(self._unreachable)  # what it holds is unknown, not nothing
+            if not self._has_work:
                 return []
-            self._next_check = self._clock() + ENGINE_RECHECK
-            if not await self._engine_holds_ours():
-                return []
-            self._has_work = True
 
         def listing() -> list[dict[str, Any]]:
             api = self._docker().api

@@ -4,6 +4,9 @@ one (the Docker driver joins when it lands)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,6 +152,30 @@ async def test_an_unreachable_docker_engine_is_asked_again_only_after_a_pause() 
         with pytest.raises(DriverError, match="the Docker engine is unreachable: connection refused"):
             await driver.instances()
     assert attempts == [100.0, 105.5]
+
+
+def test_a_stopped_engine_is_reported_unreachable_without_loading_the_docker_sdk(tmp_path: Path) -> None:
+    stale = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(stale))  # the socket file stays; nothing listens on it any more
+    probe = (
+        "import asyncio, sys\n"
+        "from drivers.containers import DriverError\n"
+        "from drivers.containers.docker import DockerDriver\n"
+        "driver = DockerDriver('n', '127.0.0.2')\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        print(asyncio.run(driver.instances()))\n"
+        "    except DriverError as error:\n"
+        "        print(error)\n"
+        "print('sdk loaded' if 'docker' in sys.modules else 'sdk not loaded')\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True,
+                         env={**os.environ, "DOCKER_HOST": f"unix://{stale}"})
+    lines = ran.stdout.splitlines()
+    assert len(lines) == 3, ran.stdout + ran.stderr
+    assert all("the Docker engine is unreachable" in line for line in lines[:2]), "never 'no instances'"
+    assert lines[2] == "sdk not loaded"
 
 
 async def test_the_process_driver_reports_a_crash_with_its_exit_code(tmp_path: Path) -> None:
