@@ -20,7 +20,7 @@ from gossip._codec import MAX_PACKET_MESSAGES, Codec, encode, encode_packet, hea
 from gossip._config import GossipConfig
 from gossip._errors import BadEventName, DecodeError, PayloadTooLarge
 from gossip._events import AppStateEvent, Event, EventKind, MemberEvent, UserEvent
-from gossip._members import Member, MemberTable, Outcome
+from gossip._members import Member, MemberTable, Outcome, _Entry
 from gossip._messages import (
     Ack,
     Address,
@@ -634,23 +634,35 @@ class GossipCore:
     def _gossip(self, now: float, out: list[Action]) -> None:
         if not self._queue:
             return
-        horizon = now - self.config.gossip_to_the_dead_time
-        candidates = [
-            e
-            for e in self._table.entries()
-            if e.name != self.name
-            and (
-                e.state in (MemberState.ALIVE, MemberState.SUSPECT)
-                or (e.state is MemberState.DEAD and e.state_since >= horizon)
-            )
-        ]
-        targets = self._rng.sample(candidates, min(self.config.gossip_nodes, len(candidates)))
+        targets = self._gossip_targets(now)
         limit = self.config.retransmit_limit(len(self._table))
         for target in targets:
             messages = self._queue.take(self._budget, limit)
             if not messages:
                 return
             out.append(SendPacket(target.addr, encode_packet(messages)))
+
+    def _gossip_targets(self, now: float) -> list[_Entry]:
+        """`gossip_nodes` members drawn at random among the live ones and those dead for less than
+        `gossip_to_the_dead_time`. Drawn by rejection from the whole table, so a tick costs no
+        pass over thousands of members; the full pass only when the draws found too few."""
+        horizon = now - self.config.gossip_to_the_dead_time
+
+        def eligible(e: _Entry) -> bool:
+            return e.name != self.name and (
+                e.state in (MemberState.ALIVE, MemberState.SUSPECT)
+                or (e.state is MemberState.DEAD and e.state_since >= horizon))
+
+        entries, wanted = self._table.entries(), self.config.gossip_nodes
+        drawn: dict[str, _Entry] = {}
+        for _ in range(4 * wanted if len(entries) > 4 * wanted else 0):
+            entry = entries[self._rng.randrange(len(entries))]
+            if entry.name not in drawn and eligible(entry):
+                drawn[entry.name] = entry
+                if len(drawn) == wanted:
+                    return list(drawn.values())
+        candidates = [e for e in entries if eligible(e)]
+        return self._rng.sample(candidates, min(wanted, len(candidates)))
 
     # Anti-entropy --------------------------------------------------------------------------------
 

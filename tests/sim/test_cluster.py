@@ -93,7 +93,9 @@ def test_after_a_partition_heals_the_cut_off_side_declares_no_member_of_the_rest
     accused in the eyes of members that saw them alive all along. While the partition lasts, the
     cut-off members, their health at its worst, hold their verdicts (up to the maximal timeout)."""
     doubted = held = 0
-    for seed, lasting in ((11, 11.0), (12, 25.0), (13, 25.0), (15, 20.0)):
+    # Without either rule these runs give 537 such deaths; with the hold alone, 79.
+    for seed, lasting in ((11, 15.0), (12, 20.0), (13, 11.0), (14, 15.0), (11, 25.0), (12, 25.0), (13, 20.0),
+                          (15, 15.0)):
         sim = joined_cluster(50, seed=seed)
         names = sorted(sim.nodes)
         cut, rest = names[:5], names[5:]
