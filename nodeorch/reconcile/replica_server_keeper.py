@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -29,6 +30,22 @@ CHECK_INTERVAL = 1.0
 RESTART_BACKOFF = BackoffPolicy(initial=1.0, maximum=30.0)
 STABLE_AFTER = 60.0
 """A server that ran this long has its restart backoff reset."""
+USAGE_REFRESH = 30.0
+"""How often a change of only the write counters (`seq`, `used`) is published: they change with
+every write, and each publication is gossiped to every node and wakes its reconcilers."""
+
+
+def worth_publishing(published: tuple[ReplicaRecord, ...], current: tuple[ReplicaRecord, ...],
+                     since_published: float) -> bool:
+    """Whether the replicas read now should go into this node's document (pure): at once when
+    anything but the write counters changed, the counters alone every USAGE_REFRESH seconds."""
+    if current == published:
+        return False
+    return _without_counters(current) != _without_counters(published) or since_published >= USAGE_REFRESH
+
+
+def _without_counters(replicas: tuple[ReplicaRecord, ...]) -> tuple[ReplicaRecord, ...]:
+    return tuple(dataclasses.replace(r, seq=0, used=0) for r in replicas)
 
 
 class ReplicaServerKeeper:
@@ -46,6 +63,8 @@ class ReplicaServerKeeper:
         self._backoff = Backoff(RESTART_BACKOFF)
         self.pid: int | None = None
         self.replicas: tuple[ReplicaRecord, ...] = ()
+        """As last published."""
+        self._published_at = 0.0
 
     def argv(self) -> list[str]:
         host, port = self._listen
@@ -70,8 +89,8 @@ class ReplicaServerKeeper:
                     and self._clock() >= self._backoff.ready_at("server"):
                 self.pid = self._start()
             replicas = self._read_replicas()
-            if replicas != self.replicas:
-                self.replicas = replicas
+            if worth_publishing(self.replicas, replicas, self._clock() - self._published_at):
+                self.replicas, self._published_at = replicas, self._clock()
                 await publish(replicas)
             await asyncio.sleep(CHECK_INTERVAL)
 

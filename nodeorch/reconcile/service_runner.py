@@ -192,31 +192,31 @@ class ServiceRunner:
                     await self._wake.wait()
             self._wake.clear()
 
-    def _recently_left(self) -> set[str]:
+    def _recently_left(self, members: list[Member]) -> set[str]:
         """Members that left less than LEFT_GRACE ago: their instances run on (an agent's stop
         leaves them), and in a fleet-wide stop every agent leaves within moments of the others."""
         now = self._clock()
-        return {m.name for m in self._host.members()
-                if m.state is MemberState.LEFT and now - m.state_since < LEFT_GRACE}
+        return {m.name for m in members if m.state is MemberState.LEFT and now - m.state_since < LEFT_GRACE}
 
-    def _nodes(self) -> list[NodeView]:
+    def _nodes(self, members: list[Member]) -> list[NodeView]:
         """The members as placement sees them; one that just left keeps what it runs, like a
         suspect, so nothing is started twice while a whole fleet stops."""
-        left = self._recently_left()
+        left = self._recently_left(members)
         return [dataclasses.replace(view, alive=True, suspect=True) if view.name in left else view
-                for view in node_views(self._host.members(), self._host.documents)]
+                for view in node_views(members, self._host.documents)]
 
     def placement(self) -> list[Assignment]:
-        reported = {**self._reported(), self._host.name: self._published[0] if self._published else ()}
+        members = self._host.members()
+        reported = {**self._reported(members), self._host.name: self._published[0] if self._published else ()}
         held = held_instances("", reported, ())
-        return placed_slots(self._host.desired_services(), self._nodes(), held, self._host.volume_slots())
+        return placed_slots(self._host.desired_services(), self._nodes(members), held, self._host.volume_slots())
 
     def local_slots(self) -> set[str]:
         """"service/slot" (the logical slot) of every instance this node holds, as last published."""
         return {f"{r.service}/{logical_slot(r.slot)}" for r in self._published[0]} if self._published else set()
 
-    def _reported(self) -> dict[str, tuple[InstanceRecord, ...]]:
-        left = self._recently_left()
+    def _reported(self, members: list[Member]) -> dict[str, tuple[InstanceRecord, ...]]:
+        left = self._recently_left(members)
         return {
             name: tuple(document.instances)
             for name, document in self._host.documents.items()
@@ -260,7 +260,8 @@ class ServiceRunner:
         if self._stopping:
             return
         now = self._clock()
-        reported = self._reported()
+        members = self._host.members()  # one snapshot of the member table for the whole pass
+        reported = self._reported(members)
         local = await self._instances()
         if not self._settled and not self._view_complete(now):
             # Just started: adopt and report what runs here, but decide nothing until the other
@@ -271,7 +272,7 @@ class ServiceRunner:
         recreate = self._watch_health(reported, local)
         specs = self._specs()
         own = self._records(local)
-        nodes, volume_slots = self._nodes(), self._host.volume_slots()
+        nodes, volume_slots = self._nodes(members), self._host.volume_slots()
         targets = self._roll(now, specs, reported, local, own, nodes, volume_slots)
         ready = {r.key for r in own if r.state is InstancePhase.RUNNING and r.health is not HealthStatus.UNHEALTHY
                  and (r.health is HealthStatus.HEALTHY or self._unchecked(r.service))}
