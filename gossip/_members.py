@@ -142,6 +142,15 @@ class MemberTable:
 
     # Rules ---------------------------------------------------------------------------------------
 
+    def holds(self, record: MemberRecord) -> bool:
+        """Whether an alive record tells nothing apply_alive would act on: the member is alive
+        here at the same address, with a newer incarnation or the same one and metadata (most of
+        a push-pull, which repeats the whole cluster)."""
+        entry = self.get(record.name)
+        return (entry is not None and entry.state is MemberState.ALIVE and entry.addr == record.addr
+                and (entry.incarnation > record.incarnation
+                     or (entry.incarnation == record.incarnation and entry.meta == record.meta)))
+
     def apply_alive(self, message: Alive, now: float) -> set[Outcome]:
         entry = self.get(message.node)
         if message.node == self.local:

@@ -700,11 +700,8 @@ class GossipCore:
     def _merge_members(self, now: float, records: Iterable[MemberRecord], out: list[Action]) -> None:
         for record in records:
             if record.state is MemberState.ALIVE:
-                known = self._table.get(record.name)
-                if (known is not None and known.state is MemberState.ALIVE and known.addr == record.addr
-                        and (known.incarnation > record.incarnation
-                             or (known.incarnation == record.incarnation and known.meta == record.meta))):
-                    continue  # what we hold already (most of a push-pull): nothing to apply
+                if self._table.holds(record):
+                    continue
                 self._apply_alive(now, Alive(record.incarnation, record.name, record.addr, record.meta), out)
             elif record.state is MemberState.LEFT:
                 self._apply_dead(now, Dead(record.incarnation, record.name, record.name), out)
