@@ -27,7 +27,14 @@ from gossip import Member
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.reconcile.engine_keeper import EngineKeeper
 from nodeorch.reconcile.job_table import Job, JobTable
-from nodeorch.reconcile.volume_plan import EngineOrder, VolumeView, engine_events, engine_orders, volume_view
+from nodeorch.reconcile.volume_plan import (
+    EngineOrder,
+    VolumeView,
+    engine_events,
+    engine_orders,
+    follows_volumes,
+    volume_view,
+)
 from nodeorch.reconcile.volume_requests import VolumeRequests
 from nodeorch.spec.desired import DesiredState
 from nodeorch.spec.volume_spec import volume_for_slot
@@ -114,7 +121,7 @@ class VolumeKeeper:
         """"service/slot" -> node for the services that use volumes (the services runner asks on
         every pass: without such a service, the whole view is not worth computing)."""
         desired = self._host.desired_state()
-        if desired is None or not any(s.volumes and not s.global_ for s in desired.services):
+        if desired is None or not any(map(follows_volumes, desired.services)):
             return {}
         return self.view().slots
 

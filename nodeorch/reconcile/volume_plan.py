@@ -52,6 +52,11 @@ def replica_sites(reported: Mapping[str, Iterable[ReplicaRecord]]) -> list[Repli
 
 
 
+def follows_volumes(spec: ServiceSpec) -> bool:
+    """Whether a service's slots are placed by its volumes (a scaled service that uses some)."""
+    return bool(spec.volumes) and not spec.global_
+
+
 def volume_slots(services: Iterable[ServiceSpec], nodes: list[NodeView], sites: Iterable[ReplicaSite],
                  engines: Mapping[str, str]) -> dict[str, str]:
     """"service/slot" -> its node, for every slot of a service that uses volumes: a node holding a
@@ -63,9 +68,7 @@ def volume_slots(services: Iterable[ServiceSpec], nodes: list[NodeView], sites: 
         if site.healthy:
             healthy.setdefault(site.volume, set()).add(site.node)
     placed: dict[str, str] = {}
-    for spec in services:
-        if not spec.volumes or spec.global_:
-            continue
+    for spec in filter(follows_volumes, services):
         slots = [str(i) for i in range(spec.scale)]
         near = {slot: frozenset(set.intersection(*(healthy.get(volume_for_slot(m, slot), set())
                                                    for m in spec.volumes))) for slot in slots}
