@@ -175,12 +175,16 @@ class Engine:
         on it changes, so the plan sees exactly what the old engine left behind."""
         return await self._take_over(await self._found())
 
-    async def _take_over(self, found: dict[str, ReplicaMeta | None]) -> StartPlan:
+    async def _take_over(self, found: dict[str, ReplicaMeta | None], served: int | None = None) -> StartPlan:
+        """`served`: recovering in place after serving at that epoch (see ReplicaMeta.fence)."""
         configured = self.status.configured
         holding = {a: m for a, m in found.items() if m is not None}
         if holding:
             epoch = max(m.epoch for m in holding.values()) + 1
-            answers = await asyncio.gather(*(self._fence_replica(a, epoch) for a in holding))
+            if len(holding) < self._need:  # a fence of a minority only strands it above the current engine
+                raise NoQuorum(f"{self.status.volume}: {len(holding)} replicas holding it answer; {self._need} "
+                               f"needed; unreachable: {', '.join(a for a in configured if a not in found)}")
+            answers = await asyncio.gather(*(self._fence_replica(a, epoch, served) for a in holding))
             fenced = {a: m for a, m in zip(holding, answers, strict=True) if m is not None}
             if len(fenced) < self._need:
                 raise NoQuorum(f"{self.status.volume}: epoch {epoch} fenced on {len(fenced)} replicas; "
@@ -260,12 +264,13 @@ class Engine:
             return self.members
         return (source, *(a for a in self.members if a != source))
 
-    async def _fence_replica(self, address: str, epoch: int) -> ReplicaMeta | None:
+    async def _fence_replica(self, address: str, epoch: int, served: int | None) -> ReplicaMeta | None:
         """Raise `address` to `epoch`; what it held just before, or None if it refused or failed."""
+        header = {"volume": self.status.volume, "epoch": epoch, "engine": self._id}
         try:
             async with asyncio.timeout(self._timeout):
-                answer, _ = await self._clients[address].call(OP_FENCE, {"volume": self.status.volume,
-                                                                         "epoch": epoch, "engine": self._id})
+                answer, _ = await self._clients[address].call(
+                    OP_FENCE, header if served is None else {**header, "served": served})
             return ReplicaMeta.from_json(answer["meta"])
         except (VolumeError, TimeoutError, KeyError, TypeError) as error:
             log.warning("%s: fence of epoch %d on %s refused: %s", self.status.volume, epoch, address, error)
@@ -484,7 +489,7 @@ class Engine:
                     log.error("%s: %s; not recovering", self.status.volume, self.status.fault)
                     self.superseded.set()
                     return
-                await self._take_over(found)
+                await self._take_over(found, served)
             except VolumeError as error:
                 log.info("%s: still cannot serve: %s", self.status.volume, error)
                 continue

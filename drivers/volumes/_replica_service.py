@@ -136,7 +136,10 @@ class ReplicaService:
             by = header.get("engine", "")
             if not isinstance(by, str) or len(by) > 64:
                 raise ProtocolError("engine: expected a short string")
-            before = replica.fence(epoch, by)
+            served = header.get("served")
+            if served is not None and type(served) is not int:
+                raise ProtocolError("served: expected int")
+            before = replica.fence(epoch, by, served)
             self._owner[replica.meta.volume] = session
             return {"meta": before.to_json()}, b""
         if op == OP_CLAIM:

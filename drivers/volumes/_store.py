@@ -191,12 +191,18 @@ class Replica:
         if self.meta.clean:
             self._save(replace(self.meta, clean=False))
 
-    def fence(self, epoch: int, by: str = "") -> ReplicaMeta:
+    def fence(self, epoch: int, by: str = "", served: int | None = None) -> ReplicaMeta:
         """A starting engine's first step: from now on lower epochs are refused, and nothing here
         changes until it writes its member set. Returns what the replica held just before (with
-        the writes applied but not yet durable counted), which the engine then plans from."""
+        the writes applied but not yet durable counted), which the engine then plans from.
+
+        `served`: an engine recovering in place gives the epoch it served at, and is refused when
+        another engine raised the epoch since: what it saw before fencing may be older than what
+        the replica holds now, and it must never take the volume back from a newer engine."""
         if epoch <= self.meta.epoch:
             raise Fenced(f"{self.meta.volume}: epoch {epoch} does not exceed this replica's {self.meta.epoch}")
+        if served is not None and self.meta.epoch > served and self.meta.fenced_by != by:
+            raise Fenced(f"{self.meta.volume}: a newer engine took the volume at epoch {self.meta.epoch}")
         before = replace(self.meta, seq=max(self.meta.seq, self.seq))
         self._save(replace(self.meta, epoch=epoch, fenced_by=by))
         return before

@@ -137,6 +137,20 @@ def test_a_replica_refuses_older_epochs_and_keeps_its_metadata_across_reopen(tmp
         ReplicaStore(tmp_path).open("db", 2 << 20, create=False)
 
 
+def test_an_engine_recovering_in_place_never_fences_back_a_newer_engine(tmp_path: Path) -> None:
+    replica = ReplicaStore(tmp_path).open("db", 1 << 20, create=True)
+    replica.fence(5, by="old")
+    replica.claim(5, ("a:1",), 1, fenced_by_caller=True)
+    replica.fence(6, by="old")  # its own earlier attempt to recover
+    assert replica.fence(7, by="old", served=5).epoch == 6, "its own fences are no newer engine"
+    replica.fence(8, by="new")
+    replica.claim(8, ("a:1",), 2, fenced_by_caller=True)
+    with pytest.raises(Fenced, match="a newer engine took the volume at epoch 8"):
+        replica.fence(9, by="old", served=5)
+    assert replica.meta.epoch == 8 and replica.meta.fenced_by == "new"
+    assert replica.fence(9, by="third").epoch == 8, "a starting engine (no served epoch) still takes over"
+
+
 def test_a_fence_freezes_a_replica_until_its_engine_claims_it(tmp_path: Path) -> None:
     replica = ReplicaStore(tmp_path).open("db", 1 << 20, create=True)
     replica.claim(2, ("a:1", "b:1"), 3)
