@@ -17,16 +17,25 @@ class BatchedWriter:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._parts: list[bytes] = []
+        self._waiting = 0
+        """Bytes in `_parts`."""
         self._scheduled = False
+
+    @property
+    def congested(self) -> bool:
+        """More than HIGH_WATER bytes wait to leave: a writer should `drain` before adding more."""
+        return self._waiting + self._writer.transport.get_write_buffer_size() > HIGH_WATER
 
     def write(self, data: bytes) -> None:
         self._parts.append(data)
+        self._waiting += len(data)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
+        self._waiting = 0
         if not self._parts or self._writer.is_closing():
             self._parts.clear()
             return

@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 from drivers.volumes._batched_writer import BatchedWriter
 from drivers.volumes._errors import Fenced, ProtocolError, VolumeError
+from drivers.volumes._local_view import FileView, LocalView
 from drivers.volumes._wire import (
+    BLOCK_CHANGES,
     READ_CHUNK,
     STATUS_FENCED,
     STATUS_OK,
@@ -53,6 +55,15 @@ class ReplicaLink(Protocol):
     def send(self, op: int, header: dict[str, Any], data: bytes = b"") -> Reply: ...
 
     async def call(self, op: int, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]: ...
+
+    def attach_local(self, volume: str, offered: object) -> None:
+        """After OPEN: read `volume` directly when the replica is on this host (see _local_view)."""
+        ...
+
+    def read_locally(self, offset: int, length: int, epoch: int) -> bytes | None:
+        """The bytes read directly, or None: ask the replica server (not local, another epoch,
+        a write of ours still unanswered there, not connected)."""
+        ...
 
     def close(self, reason: str = "closed") -> None: ...
 
@@ -95,6 +106,9 @@ class ReplicaClient:
         self._sent_at: dict[int, float] = {}
         """When each pending request was sent; oldest first."""
         self._ids = itertools.count(1)
+        self._changes: set[int] = set()
+        """Writes and zeroes sent and not answered yet: direct reads wait until there are none."""
+        self._view: LocalView | None = None
         self.closed_because = ""
 
     async def connect(self, timeout: float) -> None:
@@ -137,6 +151,7 @@ class ReplicaClient:
                 for request_id, status, header, data in frames.feed(chunk):
                     future = self._pending.pop(request_id, None)
                     self._sent_at.pop(request_id, None)
+                    self._changes.discard(request_id)
                     if future is not None and not future.done():
                         future.set_result((status, header, data))
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ProtocolError) as error:
@@ -152,6 +167,10 @@ class ReplicaClient:
                 future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because}"))
         self._pending.clear()
         self._sent_at.clear()
+        self._changes.clear()
+        if self._view is not None:
+            self._view.close()
+            self._view = None
         if self._writer is not None:
             self._writer.close()
 
@@ -166,8 +185,20 @@ class ReplicaClient:
         request_id = next(self._ids)
         self._pending[request_id] = future
         self._sent_at[request_id] = loop.time()
+        if op in BLOCK_CHANGES:
+            self._changes.add(request_id)
         self._out.write(encode_frame(request_id, op, header, data))
         return future
+
+    def attach_local(self, volume: str, offered: object) -> None:
+        if self._view is not None:
+            self._view.close()
+        self._view = FileView.accept(offered) if self.connected else None
+
+    def read_locally(self, offset: int, length: int, epoch: int) -> bytes | None:
+        if self._view is None or self._changes or self.closed_because:
+            return None
+        return self._view.read(offset, length, epoch)
 
     async def call(self, op: int, header: dict[str, Any], data: bytes = b"") -> tuple[dict[str, Any], bytes]:
         return outcome(self.address, await self.send(op, header, data))

@@ -16,6 +16,7 @@ class MemoryBacking:
     meta: ReplicaMeta
     data: bytearray = field(init=False)
     durable: bytearray = field(init=False)
+    closed: bool = False
 
     def __post_init__(self) -> None:
         self.data = bytearray(self.size)
@@ -39,12 +40,32 @@ class MemoryBacking:
     def save_meta(self, meta: ReplicaMeta) -> None:
         self.meta = meta
 
+    def local_offer(self) -> dict[str, object] | None:
+        return None  # a simulated link reads the backing itself (MemoryView)
+
     def close(self) -> None:
-        return None
+        self.closed = True
 
     def crash(self) -> None:
         """What was never synced is gone."""
         self.data[:] = self.durable
+
+
+class MemoryView:
+    """The in-memory twin of _local_view.FileView: direct reads of a simulated replica on the
+    engine's own host, at the replica's current epoch only."""
+
+    def __init__(self, backing: MemoryBacking) -> None:
+        self._backing: MemoryBacking | None = backing
+
+    def read(self, offset: int, length: int, epoch: int) -> bytes | None:
+        backing = self._backing
+        if backing is None or backing.closed or backing.meta.epoch != epoch:
+            return None
+        return backing.pread(length, offset)
+
+    def close(self) -> None:
+        self._backing = None
 
 
 class MemoryStore:
@@ -70,6 +91,7 @@ class MemoryStore:
                                                                               volume_id or secrets.token_hex(8)))
         elif backing.meta.size != size:
             raise VolumeError(f"{volume}: the replica holds {backing.meta.size} bytes, the engine asks for {size}")
+        backing.closed = False
         return Replica(backing, backing.meta)
 
     def delete(self, volume: str) -> None:

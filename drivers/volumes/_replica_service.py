@@ -118,7 +118,9 @@ class ReplicaService:
             elif self._open[volume].meta.size != size:
                 raise VolumeError(f"{volume}: holds {self._open[volume].meta.size} bytes, not {size}")
             replica = self._open[volume]
-            return {"meta": replica.meta.to_json(), "applied": replica.seq}, b""
+            answer = {"meta": replica.meta.to_json(), "applied": replica.seq}
+            local = replica.local_offer()
+            return ({**answer, "local": local} if local else answer), b""
         replica = self._replica(header)
         epoch = field(header, "epoch", int)
         if op in (OP_WRITE, OP_ZERO, OP_MEMBERS, OP_FLUSH) and epoch == replica.meta.epoch \

@@ -22,8 +22,9 @@ from typing import Any
 
 from drivers.volumes._client import ReplicaLost, Reply, outcome
 from drivers.volumes._errors import ProtocolError
-from drivers.volumes._memory_store import MemoryStore
+from drivers.volumes._memory_store import MemoryStore, MemoryView
 from drivers.volumes._replica_service import ReplicaService
+from drivers.volumes._wire import BLOCK_CHANGES
 
 LATENCY = 0.0002
 
@@ -53,8 +54,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 
 class SimReplica:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, local: bool = False) -> None:
         self.address = address
+        self.local = local
+        """On the engine's host: the engine reads its blocks directly (MemoryView)."""
         self.store = MemoryStore()
         self.service = ReplicaService(self.store)
         self.running = True
@@ -107,6 +110,8 @@ class MemoryLink:
         self._queue: deque[tuple[float, Reply, int, dict[str, Any], bytes]] = deque()
         self._pump_scheduled = False
         self._reset = False
+        self._changes: set[Reply] = set()
+        self._view: MemoryView | None = None
 
     @property
     def connected(self) -> bool:
@@ -136,6 +141,8 @@ class MemoryLink:
             future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because or 'not connected'}"))
             return future
         self._pending[future] = loop.time()
+        if op in BLOCK_CHANGES:
+            self._changes.add(future)
         future.add_done_callback(self._answered)
         self._queue.append((loop.time() + LATENCY, future, op, header, data))
         self._pump()
@@ -143,6 +150,16 @@ class MemoryLink:
 
     def _answered(self, future: Reply) -> None:
         self._pending.pop(future, None)
+        self._changes.discard(future)
+
+    def attach_local(self, volume: str, offered: object) -> None:
+        backing = self._replica.store.backings.get(volume) if self._replica.local and self.connected else None
+        self._view = MemoryView(backing) if backing is not None else None
+
+    def read_locally(self, offset: int, length: int, epoch: int) -> bytes | None:
+        if self._view is None or self._changes or not self.connected:
+            return None
+        return self._view.read(offset, length, epoch)
 
     def _pump(self) -> None:
         """Deliver queued requests strictly in order (one TCP stream), each after its latency,
@@ -190,6 +207,9 @@ class MemoryLink:
         if not self.closed_because:
             self.closed_because = reason
         self._replica.links.discard(self)
+        if self._view is not None:
+            self._view.close()
+            self._view = None
         for future in list(self._pending):
             if not future.done():
                 future.set_exception(ReplicaLost(f"{self.address}: {self.closed_because}"))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from drivers.volumes._errors import Fenced, VolumeError
+from drivers.volumes._local_view import EpochWord, offer
 
 VOLUME_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -123,17 +124,23 @@ class Backing(Protocol):
     def save_meta(self, meta: ReplicaMeta) -> None:
         """Durably, atomically."""
 
+    def local_offer(self) -> dict[str, object] | None:
+        """How an engine on this host may read the blocks itself (see _local_view), if it may."""
+
     def close(self) -> None: ...
 
 
 class FileBacking:
-    """`NAME.img` (sparse) and `NAME.meta` (written atomically) in a directory."""
+    """`NAME.img` (sparse) and `NAME.meta` (written atomically) in a directory, and `NAME.epoch`,
+    the epoch shared with engines on this host that read the blocks themselves."""
 
     def __init__(self, directory: Path, meta: ReplicaMeta) -> None:
         self._meta_path = directory / f"{meta.volume}.meta"
-        self._fd = os.open(directory / f"{meta.volume}.img", os.O_RDWR | os.O_CREAT, 0o600)
+        self._data_path = directory / f"{meta.volume}.img"
+        self._fd = os.open(self._data_path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self._fd).st_size != meta.size:
             os.ftruncate(self._fd, meta.size)
+        self._epoch = EpochWord(directory / f"{meta.volume}.epoch", meta.epoch)
 
     def pwrite(self, data: bytes, offset: int) -> None:
         os.pwrite(self._fd, data, offset)
@@ -165,8 +172,13 @@ class FileBacking:
 
     def save_meta(self, meta: ReplicaMeta) -> None:
         write_atomically(self._meta_path, json.dumps(meta.to_json()).encode())
+        self._epoch.set(meta.epoch)
+
+    def local_offer(self) -> dict[str, object] | None:
+        return offer(self._data_path, self._fd, self._epoch)
 
     def close(self) -> None:
+        self._epoch.close()
         os.close(self._fd)
 
 
@@ -261,6 +273,9 @@ class Replica:
         self._backing.punch(offset, length)
         self.seq = max(self.seq, seq)
 
+    def local_offer(self) -> dict[str, object] | None:
+        return self._backing.local_offer()
+
     def read(self, epoch: int, offset: int, length: int) -> bytes:
         self._check(epoch)
         self._bounds(offset, length)
@@ -325,7 +340,7 @@ class ReplicaStore:
 
     def delete(self, volume: str) -> None:
         """Remove the replica's files (metadata first: a half-deleted replica is no replica)."""
-        for suffix in (".meta", ".img"):
+        for suffix in (".meta", ".img", ".epoch"):
             (self.directory / f"{check_volume_name(volume)}{suffix}").unlink(missing_ok=True)
         fd = os.open(self.directory, os.O_RDONLY)
         try:

@@ -41,6 +41,8 @@ READ_CHUNK = 1 << 20
 OP_OPEN, OP_CLAIM, OP_WRITE, OP_READ, OP_FLUSH, OP_ZERO, OP_MEMBERS, OP_STATUS = 1, 2, 3, 4, 5, 6, 7, 8
 OP_ADOPT, OP_DIGEST, OP_EXTENTS, OP_FENCE, OP_DROP = 9, 10, 11, 12, 13
 STATUS_OK, STATUS_ERROR, STATUS_FENCED = 0, 1, 2
+BLOCK_CHANGES = frozenset({OP_WRITE, OP_ZERO})
+"""The requests that change blocks: a direct local read waits until none is unanswered."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,8 +107,10 @@ def test_an_engine_that_cannot_reach_a_majority_refuses_to_start_and_names_the_r
 def test_a_second_engine_fences_the_first_which_can_then_acknowledge_nothing(tmp_path: Path) -> None:
     with volume_rig(tmp_path) as rig:
         old = rig.start_engine(size="32MiB", tag="old")
-        assert io_ok(old.qemu_io("write -P 0x66 0 1M", "flush"))
+        assert io_ok(old.qemu_io("write -P 0x66 0 1M", "flush", "read -P 0x66 0 1M"))
+        wait_until(lambda: old.status().get("io", {}).get("local_reads", 0) > 0)  # from r0's file directly
         new = rig.start_engine(size="32MiB", tag="new")
+        assert not io_ok(old.qemu_io("read 0 64k")), "the fenced engine served a read from its host's replica"
         stale = old.qemu_io("write -P 0x77 0 64k")
         assert not io_ok(stale), "the fenced engine acknowledged a write"
         wait_until(lambda: str(old.status().get("fault", "")).startswith("fenced"))
