@@ -40,7 +40,7 @@ class BatchedWriter:
             self._parts.clear()
             return
         parts, self._parts = self._parts, []
-        self._writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        self._writer.writelines(parts)  # one writev, no joined copy
 
     async def drain(self) -> None:
         """Wait only when the peer is not keeping up (backpressure), not after every frame."""

@@ -24,7 +24,7 @@ from drivers.volumes._wire import (
     FrameSplitter,
     Secrets,
     client_handshake,
-    encode_frame,
+    frame_head,
 )
 
 Reply = asyncio.Future[tuple[int, dict[str, Any], bytes]]
@@ -187,7 +187,9 @@ class ReplicaClient:
         self._sent_at[request_id] = loop.time()
         if op in BLOCK_CHANGES:
             self._changes.add(request_id)
-        self._out.write(encode_frame(request_id, op, header, data))
+        self._out.write(frame_head(request_id, op, header, len(data)))
+        if data:
+            self._out.write(data)
         return future
 
     def attach_local(self, volume: str, offered: object) -> None:

@@ -177,7 +177,8 @@ class RequestSplitter:
             end = start + REQUEST.size + payload
             if len(buffer) < end:
                 break
-            requests.append((request, bytes(buffer[start + REQUEST.size:end])))
+            with memoryview(buffer) as view:  # one copy out of the buffer, not two
+                requests.append((request, bytes(view[start + REQUEST.size:end])))
             start = end
         if start:
             del buffer[:start]

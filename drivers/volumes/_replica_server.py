@@ -26,7 +26,7 @@ from drivers.volumes._wire import (
     READ_CHUNK,
     FrameSplitter,
     Secrets,
-    encode_frame,
+    frame_head,
     server_handshake,
 )
 
@@ -81,7 +81,9 @@ class ReplicaServer:
                                                                           session)
                     else:
                         status, answer, payload = self.service.answer(op, header, data, session)
-                    out.write(encode_frame(request_id, status, answer, payload))
+                    out.write(frame_head(request_id, status, answer, len(payload)))
+                    if payload:
+                        out.write(payload)
                 await out.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass

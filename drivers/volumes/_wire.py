@@ -127,9 +127,14 @@ async def client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
         raise ProtocolError("the replica server did not prove the cluster key")
 
 
-def encode_frame(request_id: int, code: int, header: dict[str, Any], data: bytes = b"") -> bytes:
+def frame_head(request_id: int, code: int, header: dict[str, Any], data_length: int) -> bytes:
+    """A frame up to its data, which follows it (sent apart, the data is never copied into it)."""
     packed: bytes = msgpack.packb(header, use_bin_type=True)
-    return FRAME.pack(len(packed) + len(data), request_id, code, len(packed)) + packed + data
+    return FRAME.pack(len(packed) + data_length, request_id, code, len(packed)) + packed
+
+
+def encode_frame(request_id: int, code: int, header: dict[str, Any], data: bytes = b"") -> bytes:
+    return frame_head(request_id, code, header, len(data)) + data
 
 
 def _decode_header(raw: bytes) -> dict[str, Any]:
@@ -162,8 +167,9 @@ class FrameSplitter:
             end = body + length
             if len(buffer) < end:
                 break
-            header = _decode_header(bytes(buffer[body:body + header_length]))
-            frames.append((request_id, code, header, bytes(buffer[body + header_length:end])))
+            with memoryview(buffer) as view:  # one copy out of the buffer, not two
+                header = _decode_header(bytes(view[body:body + header_length]))
+                frames.append((request_id, code, header, bytes(view[body + header_length:end])))
             start = end
         if start:
             del buffer[:start]
