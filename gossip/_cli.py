@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import stat
 import sys
 from typing import Any
 
@@ -79,9 +81,14 @@ async def _read_commands(node: GossipNode, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     try:
+        kind = os.fstat(sys.stdin.fileno()).st_mode
+        # Only what an event loop can poll: a regular file or /dev/null (a detached benchmark run)
+        # is refused by asyncio's own loop and aborts uvloop's.
+        if not (stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind) or sys.stdin.isatty()):
+            return
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     except (OSError, ValueError):
-        return  # no usable stdin (a detached benchmark run): events only
+        return  # no usable stdin: events only
     while not stop.is_set():
         line = await reader.readline()
         if not line:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import random
 import socket
 import time
@@ -334,6 +335,9 @@ class GossipNode:
             # Sooner: wake earlier. Later (an acked probe's deadline is gone): a wake-up now would
             # find nothing to do, and idle wake-ups are the idle cost.
             self._timer.cancel()
+            self._timer = None
+        if math.isinf(deadline):  # nothing due until input arrives (which re-arms); uvloop aborts on call_at(inf)
+            return
         assert self._loop is not None
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)

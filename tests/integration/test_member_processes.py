@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import sys
 from typing import Any
 
 from gossip import GossipNode, Keyring, UdpTcpTransport, generate_key, lan
@@ -145,3 +147,38 @@ async def test_garbage_and_replayed_packets_change_nothing(processes: list[NodeP
             assert new.get("suspicions", 0) == old.get("suspicions", 0)
             assert new.get("refutations", 0) == old.get("refutations", 0)
             assert new.get("drop_internal_error", 0) == 0
+
+
+UVLOOP_MEMBER = """
+import sys, asyncio, uvloop
+from gossip._cli import main
+asyncio.run = lambda coroutine, **_: uvloop.run(coroutine)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_members_run_on_uvloop_alone_and_detached_from_any_terminal() -> None:
+    """Programs that embed members often run uvloop; it aborts the whole process on a timer armed
+    at infinity (a member alone has no deadline) and on polling /dev/null as stdin."""
+    ports = [free_port(), free_port()]
+    members = []
+    for index, port in enumerate(ports):
+        args = ["-c", UVLOOP_MEMBER, "node", "--name", f"uv-{index}", "--bind", f"127.0.0.1:{port}", "--insecure"]
+        if index:
+            args += ["--join", f"127.0.0.1:{ports[0]}"]
+        members.append(await asyncio.create_subprocess_exec(
+            sys.executable, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE))
+        await asyncio.sleep(1.5)  # alone, with nothing due, for more than a loop's first turns
+    try:
+        assert members[0].stdout is not None and members[1].stdout is not None
+        async with asyncio.timeout(10):
+            joined = json.loads(await members[1].stdout.readline())
+        assert joined["type"] == "event" and joined["member"]["name"] == "uv-0", joined
+        assert [m.returncode for m in members] == [None, None], "a member died on uvloop"
+    finally:
+        for member in members:
+            if member.returncode is None:
+                member.terminate()
+            await member.wait()
+    assert [m.returncode for m in members] == [0, 0]
