@@ -2,9 +2,14 @@
 same filesystem, side by side in one run, with fio's nbd engine; then rebuild speed, catch-up
 traffic and the stall fio sees when a replica is killed.
 
+A third column measures the same topology written in C, in the same run: QEMU's quorum block
+driver (qemu-nbd) exporting three NBD children, each an `nbdkit file` server on a TCP loopback
+port. It does what the engine does (every write to three servers over TCP, reads from the first
+one), so it shows what three copies over loopback cost on this machine whatever the language.
+
     python bench/volumes.py [--size 512MiB] [--runtime 10] [--rebuild-data 256MiB] [--away 30]
 
-Needs fio, nbdkit and qemu-io (make test installs them as root).
+Needs fio, nbdkit, qemu-io and qemu-nbd (make test installs them as root).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.integration.conftest import free_port
 from tests.integration.volumes import Engine, VolumeRig, run
 
 JOBS = {
@@ -46,6 +52,27 @@ def fio(uri: str, args: list[str], size: str, runtime: float) -> dict[str, Any]:
             "p99_ms": percentiles.get("99.000000", 0) / 1e6}
 
 
+def wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    for _ in range(200):
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not create {path}")
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @contextlib.contextmanager
 def nbdkit_file(folder: Path, size: str) -> Iterator[str]:
     image = folder / "nbdkit.img"
@@ -54,14 +81,34 @@ def nbdkit_file(folder: Path, size: str) -> Iterator[str]:
     proc = subprocess.Popen(["nbdkit", "-f", "-U", str(socket), "file", str(image)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            if socket.exists():
-                break
-            time.sleep(0.05)
+        wait_for(socket, proc, "nbdkit")
         yield f"nbd+unix:///?socket={socket}"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop([proc])
+
+
+@contextlib.contextmanager
+def qemu_quorum(folder: Path, size: str) -> Iterator[str]:
+    """qemu-nbd's quorum of three `nbdkit file` servers on TCP loopback ports (reads from the first)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    options = ["driver=quorum", "read-pattern=fifo", "vote-threshold=2"]
+    try:
+        for index in range(3):
+            image, port = folder / f"quorum-{index}.img", free_port()
+            run("truncate", "-s", size.replace("iB", ""), str(image))
+            procs.append(subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "-P",
+                                           str(folder / f"quorum-{index}.pid"), "file", str(image)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_for(folder / f"quorum-{index}.pid", procs[-1], "nbdkit")
+            options += [f"children.{index}.driver=nbd", f"children.{index}.server.type=inet",
+                        f"children.{index}.server.host=127.0.0.1", f"children.{index}.server.port={port}"]
+        socket = folder / "quorum.sock"
+        procs.append(subprocess.Popen(["qemu-nbd", "--persistent", "-k", str(socket), "--image-opts",
+                                       ",".join(options)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(socket, procs[-1], "qemu-nbd")
+        yield f"nbd+unix:///?socket={socket}"
+    finally:
+        stop(procs)
 
 
 def fill(engine: Engine, data: str) -> None:
@@ -81,24 +128,29 @@ def wait_healthy(engine: Engine, count: int, timeout: float) -> float:
     raise RuntimeError(f"not healthy within {timeout}s: {engine.status()}")
 
 
+def show(name: str, results: list[dict[str, Any]]) -> str:
+    ours, native, quorum = results
+    if "QD1" in name:
+        cells = [f"{r['p99_ms']:.3f} ms" for r in results]
+        return (f"| {name} p99 latency | {' | '.join(cells)} | x{ours['p99_ms'] / max(native['p99_ms'], 1e-9):.1f} "
+                f"| x{ours['p99_ms'] / max(quorum['p99_ms'], 1e-9):.1f} |")
+    key, unit = ("mib_s", "MiB/s") if "1M" in name else ("iops", "IOPS")
+    cells = [f"{r[key]:.0f} {unit}" for r in results]
+    return (f"| {name} | {' | '.join(cells)} | {100 * ours[key] / native[key]:.0f} % "
+            f"| {100 * ours[key] / quorum[key]:.0f} % |")
+
+
 def throughput(folder: Path, size: str, runtime: float) -> None:
-    print("\n| workload | nodeorch 3 replicas | nbdkit file (1 copy) | ratio |")
-    print("|---|---|---|---|")
+    print("\n| workload | nodeorch 3 replicas | nbdkit file (1 copy) | QEMU quorum of 3 nbdkit (C) "
+          "| ours / nbdkit | ours / QEMU quorum |")
+    print("|---|---|---|---|---|---|")
     rig = VolumeRig(folder / "tp")
     try:
         engine = rig.start_engine(size=size)
-        with nbdkit_file(folder, size) as baseline:
+        with nbdkit_file(folder, size) as native, qemu_quorum(folder, size) as quorum:
             for name, args in JOBS.items():
-                ours, theirs = fio(engine.uri, args, size, runtime), fio(baseline, args, size, runtime)
-                if "QD1" in name:
-                    print(f"| {name} p99 latency | {ours['p99_ms']:.3f} ms | {theirs['p99_ms']:.3f} ms | "
-                          f"x{ours['p99_ms'] / max(theirs['p99_ms'], 1e-9):.1f} |", flush=True)
-                elif "1M" in name:
-                    print(f"| {name} | {ours['mib_s']:.0f} MiB/s | {theirs['mib_s']:.0f} MiB/s | "
-                          f"{100 * ours['mib_s'] / theirs['mib_s']:.0f} % |", flush=True)
-                else:
-                    print(f"| {name} | {ours['iops']:.0f} IOPS | {theirs['iops']:.0f} IOPS | "
-                          f"{100 * ours['iops'] / theirs['iops']:.0f} % |", flush=True)
+                results = [fio(uri, args, size, runtime) for uri in (engine.uri, native, quorum)]
+                print(show(name, results), flush=True)
     finally:
         rig.close()
 
@@ -192,7 +244,7 @@ def main() -> None:
     parser.add_argument("--rebuild-data", default="256MiB")
     parser.add_argument("--away", type=float, default=30.0)
     args = parser.parse_args()
-    for tool in ("fio", "nbdkit", "qemu-io"):
+    for tool in ("fio", "nbdkit", "qemu-io", "qemu-nbd"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing (apt-get install fio nbdkit qemu-utils)")
     print(f"# volume benchmark, {time.strftime('%Y-%m-%d %H:%M')}, loopback, page cache")
