@@ -105,6 +105,8 @@ class VolumeKeeper:
         """Why this node cannot attach volumes ("" when it can)."""
         self._published: tuple[EngineRecord, ...] = ()
         self._detach_failed: dict[str, str] = {}
+        self._attached: Collection[str] | None = None
+        """What was attached here at the last pass (None: not looked yet)."""
 
     def view(self, own_engines: Iterable[str] | None = None) -> VolumeView:
         desired = self._host.desired_state()
@@ -159,9 +161,19 @@ class VolumeKeeper:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(INTERVAL)
-            if self._host.desired_state() is None or not self._host.settled():
+            desired = self._host.desired_state()
+            if desired is None or not self._host.settled() or not self.has_work(desired):
                 continue
             await self.reconcile()
+
+    def has_work(self, desired: DesiredState) -> bool:
+        """Whether a pass could change anything here. Not when no volume is desired and this node
+        holds none in any form (no engine, no replica, nothing attached at the last look, nothing
+        published): most fleets run services only, and a pass reads the mount table and the
+        engines' status files."""
+        own = self._host.documents.get(self._host.name)
+        return bool(desired.volumes or self._attached is None or self._attached or self._published
+                    or (own is not None and own.replicas) or self.engines.running())
 
     async def reconcile(self) -> None:
         desired = self._host.desired_state()
@@ -169,7 +181,7 @@ class VolumeKeeper:
             return
         view = self.view()
         orders = engine_orders(view, desired.volumes, self._host.name)
-        attached = await self._detach_unused(orders, desired)
+        attached = self._attached = await self._detach_unused(orders, desired)
         await self.requests.drop_deleted(desired)
         await self.engines.reconcile(orders, attached)
         node_of = {address: node for node, address in view.addresses.items()}
