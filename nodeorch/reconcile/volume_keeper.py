@@ -140,6 +140,7 @@ class VolumeKeeper:
         for mount in service.volumes:
             volume = volume_for_slot(mount, logical_slot(spec.slot))
             await self._engine_serving(volume)
+            self._attached = None  # the mount table is looked at again on the next pass
             try:
                 if volume in self._attacher.attached():
                     # A fresh mount for each start: a filesystem that saw I/O errors while its
@@ -222,8 +223,8 @@ class VolumeKeeper:
     async def _detach_unused(self, orders: Mapping[str, EngineOrder], desired: DesiredState) -> Collection[str]:
         """Detach the volumes attached here that no engine order keeps and no local instance uses;
         returns the volumes still attached."""
-        if self._attacher is None:
-            return ()
+        if self._attacher is None or self._attached == set():
+            return set()  # nothing was attached at the last look, and only attach_volumes attaches
         services = {s.name: s for s in desired.services}
         in_use = set()
         for key in self._host.local_slots():
