@@ -3,6 +3,7 @@ pure functions, shared by the services and the volumes reconcilers."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from gossip import Member, MemberState
@@ -14,14 +15,15 @@ def node_views(members: Iterable[Member], documents: Mapping[str, NodeDocument])
     views = []
     for member in members:
         document = documents.get(member.name)
-        views.append(NodeView(
-            member.name,
-            alive=member.state in (MemberState.ALIVE, MemberState.SUSPECT),
-            suspect=member.state is MemberState.SUSPECT,
-            draining=bool(document and document.draining),
-            labels=decode_labels(member.meta),
-        ))
+        views.append(_view(member.name, member.state, bool(document and document.draining), member.meta))
     return views
+
+
+@functools.lru_cache(maxsize=4096)
+def _view(name: str, state: MemberState, draining: bool, meta: bytes) -> NodeView:
+    """One node as placement sees it; the same few views are asked for on every pass."""
+    return NodeView(name, alive=state in (MemberState.ALIVE, MemberState.SUSPECT),
+                    suspect=state is MemberState.SUSPECT, draining=draining, labels=decode_labels(meta))
 
 
 def down_since(members: Iterable[Member]) -> dict[str, float]:
