@@ -133,10 +133,6 @@ def frame_head(request_id: int, code: int, header: dict[str, Any], data_length: 
     return FRAME.pack(len(packed) + data_length, request_id, code, len(packed)) + packed
 
 
-def encode_frame(request_id: int, code: int, header: dict[str, Any], data: bytes = b"") -> bytes:
-    return frame_head(request_id, code, header, len(data)) + data
-
-
 def _decode_header(raw: bytes) -> dict[str, Any]:
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_ext_len=0)

@@ -19,7 +19,7 @@ from drivers.volumes._quorum import majority, plan_start
 from drivers.volumes._replica_service import ReplicaService, Store
 from drivers.volumes._sizes import parse_seconds, parse_size
 from drivers.volumes._store import ReplicaMeta, ReplicaStore
-from drivers.volumes._wire import OP_DROP, OP_OPEN, OP_READ, STATUS_ERROR, STATUS_OK, FrameSplitter, encode_frame
+from drivers.volumes._wire import OP_DROP, OP_OPEN, OP_READ, STATUS_ERROR, STATUS_OK, FrameSplitter, frame_head
 from nodeorch.reconcile.engine_keeper import EngineKeeper
 from nodeorch.reconcile.volume_plan import EngineOrder
 
@@ -203,7 +203,7 @@ def test_requests_and_frames_split_the_same_whatever_the_chunks() -> None:
     with pytest.raises(ValueError, match="magic"):
         _nbd.RequestSplitter().feed(bytes(28))
 
-    frames = encode_frame(1, 3, {"volume": "db", "seq": 9}, b"data") + encode_frame(2, 5, {})
+    frames = frame_head(1, 3, {"volume": "db", "seq": 9}, 4) + b"data" + frame_head(2, 5, {}, 0)
     for size in (1, 7, len(frames)):
         frame_splitter = FrameSplitter()
         got_frames = [f for i in range(0, len(frames), size) for f in frame_splitter.feed(frames[i:i + size])]
@@ -211,7 +211,7 @@ def test_requests_and_frames_split_the_same_whatever_the_chunks() -> None:
     with pytest.raises(ProtocolError, match="out of bounds"):
         FrameSplitter().feed(struct.pack(">IQBH", 1 << 31, 1, 3, 0))
     with pytest.raises(ProtocolError, match="must be a table"):
-        FrameSplitter().feed(encode_frame(1, 3, {})[:-1] + b"\x01")
+        FrameSplitter().feed(frame_head(1, 3, {}, 0)[:-1] + b"\x01")
 
 
 @pytest.mark.parametrize("kind", ["files", "memory"])
