@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration.conftest import free_port
-from tests.integration.volumes import Engine, VolumeRig, run
+from tests.integration.volumes import Engine, VolumeRig, run, wait_until
 
 JOBS = {
     "seq write 1M QD8": ["--rw=write", "--bs=1M", "--iodepth=8"],
@@ -52,14 +52,11 @@ def fio(uri: str, args: list[str], size: str, runtime: float) -> dict[str, Any]:
             "p99_ms": percentiles.get("99.000000", 0) / 1e6}
 
 
-def wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
-    for _ in range(200):
-        if path.exists():
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited {proc.returncode}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not create {path}")
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Until `proc` created `path` (a socket, a pid file); RuntimeError if it exited instead."""
+    wait_until(lambda: path.exists() or proc.poll() is not None, 10)
+    if proc.poll() is not None:
+        raise RuntimeError(f"{what} exited {proc.returncode}")
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -81,7 +78,7 @@ def nbdkit_file(folder: Path, size: str) -> Iterator[str]:
     proc = subprocess.Popen(["nbdkit", "-f", "-U", str(socket), "file", str(image)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(socket, proc, "nbdkit")
+        wait_for_file(socket, proc, "nbdkit")
         yield f"nbd+unix:///?socket={socket}"
     finally:
         stop([proc])
@@ -99,13 +96,13 @@ def qemu_quorum(folder: Path, size: str) -> Iterator[str]:
             procs.append(subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "-P",
                                            str(folder / f"quorum-{index}.pid"), "file", str(image)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_for(folder / f"quorum-{index}.pid", procs[-1], "nbdkit")
+            wait_for_file(folder / f"quorum-{index}.pid", procs[-1], "nbdkit")
             options += [f"children.{index}.driver=nbd", f"children.{index}.server.type=inet",
                         f"children.{index}.server.host=127.0.0.1", f"children.{index}.server.port={port}"]
         socket = folder / "quorum.sock"
         procs.append(subprocess.Popen(["qemu-nbd", "--persistent", "-k", str(socket), "--image-opts",
                                        ",".join(options)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for(socket, procs[-1], "qemu-nbd")
+        wait_for_file(socket, procs[-1], "qemu-nbd")
         yield f"nbd+unix:///?socket={socket}"
     finally:
         stop(procs)
