@@ -587,10 +587,13 @@ class Engine:
             return None
         data = self._clients[order[0]].read_locally(offset, length, self.status.epoch)
         if data is not None:
-            self.status.io["read_ops"] += 1
-            self.status.io["read_bytes"] += length
             self.status.io["local_reads"] += 1
+            self._count_read(length)
         return data
+
+    def _count_read(self, length: int) -> None:
+        self.status.io["read_ops"] += 1
+        self.status.io["read_bytes"] += length
 
     async def read(self, offset: int, length: int) -> bytes:
         """From the first member that answers (in configured order: list the local replica first)."""
@@ -602,8 +605,7 @@ class Engine:
         for address in self._read_order():
             answer = await self._guard(address, self._clients[address].send(OP_READ, header))
             if answer is not None:
-                self.status.io["read_ops"] += 1
-                self.status.io["read_bytes"] += length
+                self._count_read(length)
                 return answer[1]
         raise NoQuorum(f"{self.status.volume}: no replica could serve the read")
 
