@@ -59,7 +59,7 @@ from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.document_publisher import DocumentPublisher
 from nodeorch.state.document_store import DocumentStore
 from nodeorch.state.event_log import EventLog
-from nodeorch.state.node_document import NodeDocument, boot_of, encode_labels
+from nodeorch.state.node_document import NodeDocument, encode_labels
 from nodeorch.state.records import (
     EngineRecord,
     HealthVerdict,
@@ -127,15 +127,6 @@ class Agent:
     def stale(self, name: str) -> bool:
         member = self.node.member(name)
         return member is None or member.state in (MemberState.DEAD, MemberState.LEFT)
-
-    def current_life(self, name: str) -> bool:
-        """Whether the document held for `name` was written by its agent's current run (a
-        restarted agent's previous document says what ran before it went down)."""
-        member, document = self.node.member(name), self.documents.get(name)
-        if member is None or document is None:
-            return False
-        boot = boot_of(member.meta)
-        return boot in ("", document.boot_id)
 
     def differing_digests(self) -> list[str]:
         own = self.desired.state.digest if self.desired.state else ""

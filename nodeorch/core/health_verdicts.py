@@ -8,6 +8,7 @@ observer reports it unhealthy: one observer cut off from it cannot kill a health
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -22,9 +23,15 @@ def observers(service: str, slot: str, owner: str, live_nodes: Iterable[str], ki
     """The owner first, then up to two others by rendezvous score; exec probes run on the owner only."""
     if kind == "exec":
         return [owner]
-    others = sorted((n for n in set(live_nodes) if n != owner),
-                    key=lambda n: (-rendezvous_score(f"health:{service}", slot, n), n))
-    return [owner, *others[:OTHER_OBSERVERS]]
+    live = live_nodes if isinstance(live_nodes, frozenset) else frozenset(live_nodes)
+    return [owner, *_other_observers(service, slot, owner, live)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _other_observers(service: str, slot: str, owner: str, live: frozenset[str]) -> tuple[str, ...]:
+    """Kept: every services pass asks again for every instance it sees, and the live set rarely changes."""
+    others = sorted((n for n in live if n != owner), key=lambda n: (-rendezvous_score(f"health:{service}", slot, n), n))
+    return tuple(others[:OTHER_OBSERVERS])
 
 
 @dataclass(slots=True)

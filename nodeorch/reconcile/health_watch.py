@@ -55,7 +55,7 @@ class HealthWatcher:
 
     def update(self, specs: Mapping[str, ServiceSpec], instances: Iterable[Watched], live: Iterable[str]) -> None:
         """Start probing what this node must observe now; stop probing the rest."""
-        live = list(live)
+        live = frozenset(live)
         wanted = set()
         for item in instances:
             spec = specs.get(item.service)

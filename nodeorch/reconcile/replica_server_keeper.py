@@ -102,8 +102,10 @@ class ReplicaServerKeeper:
         return int(record["pid"])
 
     def _alive(self, pid: int) -> bool:
-        if self._child is not None and self._child.pid == pid and self._child.poll() is not None:
-            return False
+        """Our own child by its exit status (asked each second: no file to parse); an adopted
+        server by its pid record, which also tells a reused pid from it."""
+        if self._child is not None and self._child.pid == pid:
+            return self._child.poll() is None and self.pid_file.exists()
         return read_record(self.pid_file) is not None
 
     def _start(self) -> int | None:

@@ -40,7 +40,7 @@ from nodeorch.reconcile.work_queue import WorkQueue
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.spec.spec_history import SpecHistory
 from nodeorch.state.event_log import EventLog
-from nodeorch.state.node_document import NodeDocument
+from nodeorch.state.node_document import NodeDocument, of_current_life
 from nodeorch.state.records import (
     HealthStatus,
     HealthVerdict,
@@ -96,8 +96,6 @@ class ServiceHost(Protocol):
 
     def stale(self, name: str) -> bool: ...
 
-    def current_life(self, name: str) -> bool:
-        """Whether the document of `name` comes from its agent's current run."""
 
     @property
     def documents(self) -> Mapping[str, NodeDocument]: ...
@@ -276,7 +274,9 @@ class ServiceRunner:
         targets = self._roll(now, specs, reported, local, own, nodes, volume_slots)
         ready = {r.key for r in own if r.state is InstancePhase.RUNNING and r.health is not HealthStatus.UNHEALTHY
                  and (r.health is HealthStatus.HEALTHY or self._unchecked(r.service))}
-        current = {name for name in reported if self._host.current_life(name)}
+        metas = {m.name: m.meta for m in members}
+        current = {name for name in reported
+                   if name in metas and of_current_life(metas[name], self._host.documents[name])}
         decisions = plan_services(now, self._host.name, specs, nodes, reported, local, self._memory,
                                   recreate, volume_slots, targets, ready, current)
         for decision in decisions:
@@ -375,7 +375,7 @@ class ServiceRunner:
     ) -> set[str]:
         """Probe what this node observes; returns its own instances to recreate for their health."""
         specs = {s.name: s for s in self._host.desired_services()}
-        live = [m.name for m in self._host.members() if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+        live = frozenset(m.name for m in self._host.members() if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
         watched: list[Watched] = []
         for node, records in reported.items():
             host = self._host.address_of(node)

@@ -30,10 +30,10 @@ from nodeorch.reconcile.job_table import Job, JobTable
 from nodeorch.reconcile.volume_plan import (
     EngineOrder,
     VolumeView,
+    VolumeViewCache,
     engine_events,
     engine_orders,
     follows_volumes,
-    volume_view,
 )
 from nodeorch.reconcile.volume_requests import VolumeRequests
 from nodeorch.spec.desired import DesiredState
@@ -107,13 +107,14 @@ class VolumeKeeper:
         self._detach_failed: dict[str, str] = {}
         self._attached: Collection[str] | None = None
         """What was attached here at the last pass (None: not looked yet)."""
+        self._views = VolumeViewCache()
 
     def view(self, own_engines: Iterable[str] | None = None) -> VolumeView:
         desired = self._host.desired_state()
         volumes, services = (desired.volumes, desired.services) if desired else ((), ())
         own = self.engines.running() if own_engines is None else own_engines
-        return volume_view(volumes, services, self._host.members(), self._host.documents, self._host.name, own,
-                           time.time())
+        return self._views.view(volumes, services, self._host.members(), self._host.documents, self._host.name, own,
+                                time.time())
 
     def plans(self) -> list[ReplicaPlan]:
         """Where every desired volume's replicas belong, as this node computes it now."""

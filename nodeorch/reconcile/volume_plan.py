@@ -3,7 +3,7 @@ every call like the services planner, so every node derives the same plan from t
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -94,27 +94,27 @@ def engine_nodes(services: Iterable[ServiceSpec], slots: Mapping[str, str]) -> d
 
 @dataclass(frozen=True, slots=True)
 class VolumeView:
-    """The cluster as volume decisions see it."""
+    """The cluster as volume decisions see it (read-only: the same view may be handed out again)."""
 
-    nodes: list[NodeView]
+    nodes: Sequence[NodeView]
     """Members; a node that left within ENGINE_LEFT_GRACE counts as alive but suspect (it keeps
     what it holds and takes nothing new)."""
-    reported: dict[str, tuple[ReplicaRecord, ...]]
-    engines: dict[str, str]
+    reported: Mapping[str, tuple[ReplicaRecord, ...]]
+    engines: Mapping[str, str]
     """volume -> the node its engine runs on: the highest epoch a counted node reports, then this
     node's own engines not reported yet."""
-    plans: dict[str, ReplicaPlan]
-    addresses: dict[str, str]
+    plans: Mapping[str, ReplicaPlan]
+    addresses: Mapping[str, str]
     """node -> HOST:PORT of its replica server."""
-    slots: dict[str, str]
+    slots: Mapping[str, str]
     """"service/slot" -> node, for the slots of services that use volumes (see volume_slots)."""
-    placed: dict[str, str]
+    placed: Mapping[str, str]
     """volume -> the node that must run its engine."""
-    engine_records: dict[str, EngineRecord]
+    engine_records: Mapping[str, EngineRecord]
     """volume -> what its engine (the one `engines` names) reports."""
-    rebuilding: dict[str, int]
+    rebuilding: Mapping[str, int]
     """node -> rebuilds it takes part in now, as the engine's node or as the target."""
-    max_rebuilds: dict[str, int]
+    max_rebuilds: Mapping[str, int]
     """node -> its max_concurrent_rebuilds."""
 
 
@@ -152,6 +152,30 @@ def volume_view(volumes: Iterable[VolumeSpec], services: Collection[ServiceSpec]
                       slots, engine_nodes(services, slots),
                       {v: records[(v, node)] for v, node in engines.items() if (v, node) in records},
                       rebuilding, {name: d.max_rebuilds for name, d in documents.items()})
+
+
+class VolumeViewCache:
+    """The last volume views computed, returned again while their inputs stay the same: both the
+    services pass and the volume pass ask for the view every second, and in a quiet cluster nothing
+    it depends on changes. The clock matters only through members that are dead or left (their
+    grace and replenish waits run out), so with such a member the view is computed every time."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, ...], tuple[tuple[Any, ...], VolumeView]] = {}
+
+    def view(self, volumes: tuple[VolumeSpec, ...], services: tuple[ServiceSpec, ...], members: Collection[Member],
+             documents: Mapping[str, NodeDocument], me: str, own_engines: Iterable[str], now: float) -> VolumeView:
+        own = tuple(sorted(own_engines))
+        if any(m.state in (MemberState.DEAD, MemberState.LEFT) for m in members):
+            self._last.pop(own, None)
+            return volume_view(volumes, services, members, documents, me, own, now)
+        inputs = (volumes, services, me, tuple((m.name, m.state, m.meta) for m in members), tuple(documents.items()))
+        last = self._last.get(own)
+        if last is not None and last[0] == inputs:
+            return last[1]
+        view = volume_view(volumes, services, members, documents, me, own, now)
+        self._last[own] = (inputs, view)
+        return view
 
 
 def engine_orders(view: VolumeView, volumes: Iterable[VolumeSpec], me: str) -> dict[str, EngineOrder]:

@@ -225,3 +225,10 @@ def boot_of(meta: bytes) -> str:
     boot = next((v for k, v in _meta(meta) if k == BOOT_KEY), "")
     return boot if isinstance(boot, str) else ""
 
+
+def of_current_life(meta: bytes, document: NodeDocument) -> bool:
+    """Whether `document` was written by the agent run whose gossip metadata is `meta` (a
+    restarted agent's previous document says what ran before it went down)."""
+    boot = boot_of(meta)
+    return boot in ("", document.boot_id)
+

@@ -24,6 +24,7 @@ from nodeorch.state.node_document import (
     decode_labels,
     encode_document,
     encode_labels,
+    of_current_life,
 )
 from nodeorch.state.records import (
     EngineRecord,
@@ -136,3 +137,10 @@ def test_the_boot_id_rides_in_the_gossip_metadata_but_is_no_label() -> None:
     meta = encode_labels({"zone": "z1"}, "b00t")
     assert decode_labels(meta) == {"zone": "z1"} and boot_of(meta) == "b00t"
     assert boot_of(encode_labels({"zone": "z1"})) == "" and boot_of(b"not json") == ""
+
+
+def test_a_document_from_an_agent_s_previous_run_is_told_from_its_current_one() -> None:
+    document = NodeDocument(name="node-a", version=7, boot_id="b00t")
+    assert of_current_life(encode_labels({}, "b00t"), document)
+    assert not of_current_life(encode_labels({}, "r3start"), document), "the agent restarted since"
+    assert of_current_life(encode_labels({}), document), "an agent that does not say is taken at its word"

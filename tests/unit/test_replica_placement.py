@@ -12,6 +12,7 @@ from gossip import Member, MemberState
 from nodeorch.core.placement import NodeView, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaSite, VolumeShape, place_replicas, place_volumes
 from nodeorch.reconcile.volume_plan import (
+    VolumeViewCache,
     engine_events,
     engine_nodes,
     engine_orders,
@@ -170,6 +171,28 @@ def test_an_engine_is_where_the_highest_epoch_says_and_a_left_node_keeps_its_own
     assert volume_view(db, (), dead, documents, "c", (), now=100.0).engines == {"db": "b"}, "dead: at once"
     assert volume_view(db, (), alive, documents, "c", (), now=100.0).addresses == {"a": "10.0.0.1:7948"}
 
+
+
+def test_the_view_cache_answers_again_only_while_nothing_it_depends_on_changed() -> None:
+    db = parse_desired(b'revision = 1\n[[volume]]\nname = "db"\nsize = "1GiB"\n').volumes
+
+    def engine(epoch: int) -> tuple[EngineRecord, ...]:
+        return (EngineRecord("db", EngineState.HEALTHY, epoch),)
+
+    documents = {"a": NodeDocument("a", 1, "x", engines=engine(3)), "b": NodeDocument("b", 1, "x", engines=engine(2))}
+    alive = [member(n, MemberState.ALIVE) for n in "ab"]
+    cache = VolumeViewCache()
+    first = cache.view(db, (), alive, documents, "b", (), now=100.0)
+    assert cache.view(db, (), alive, dict(documents), "b", (), now=500.0) is first, "all alive: no clock"
+    assert first == volume_view(db, (), alive, documents, "b", (), now=500.0)
+    moved = {**documents, "a": NodeDocument("a", 2, "x")}
+    assert cache.view(db, (), alive, moved, "b", (), now=500.0).engines == {"db": "b"}, "a newer document"
+    assert cache.view(db, (), alive, {}, "b", ("db",), now=500.0).engines == {"db": "b"}, "its own engines"
+    relabelled = [Member("a", ("127.0.0.1", 1), b'{"zone":"z"}', 1, MemberState.ALIVE, 0.0), alive[1]]
+    assert cache.view(db, (), relabelled, moved, "b", (), now=500.0).nodes[0].labels == {"zone": "z"}
+    left = [member("a", MemberState.LEFT, 90.0), alive[1]]
+    assert cache.view(db, (), left, documents, "b", (), now=100.0).engines == {"db": "a"}, "within the grace"
+    assert cache.view(db, (), left, documents, "b", (), now=121.0).engines == {"db": "b"}, "past it: computed again"
 
 DB_SERVICE = (b'revision = 1\n[[volume]]\nname = "db"\nsize = "1GiB"\nreplicas = 2\n'
               b'[[service]]\nname = "db"\ncommand = ["x"]\nvolumes = [{ volume = "db", path = "/d" }]\n')

@@ -51,9 +51,6 @@ class Host:
     def stale(self, name: str) -> bool:
         return False
 
-    def current_life(self, name: str) -> bool:
-        return True
-
     @property
     def documents(self) -> Mapping[str, NodeDocument]:
         return {}
