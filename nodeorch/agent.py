@@ -14,6 +14,7 @@ import ctypes
 import gc
 import ipaddress
 import logging
+import random
 import secrets
 import time
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from gossip import (
 )
 from nodeorch import __version__
 from nodeorch.core.backoff import BackoffPolicy
+from nodeorch.core.beat import Beat
 from nodeorch.core.placement import Assignment
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.errors import NodeorchError
@@ -98,7 +100,9 @@ class Agent:
         self.draining = False
         self.started_at = time.time()
         self.boot_id = secrets.token_hex(8)
-        self._desired = DesiredWatcher(self.name, config.desired_path, self.events)
+        self._beat = Beat(phase=random.random())
+        """When the periodic work wakes: all of it at once, at this agent's own instant of each second."""
+        self._desired = DesiredWatcher(self.name, config.desired_path, self.events, self._beat)
         self._node: GossipNode | None = None
         self._publisher: DocumentPublisher | None = None
         self.jobs = JobTable()
@@ -206,14 +210,14 @@ class Agent:
                 "process": ProcessDriver(config.node.data_dir, self.name, host),
                 "docker": DockerDriver(self.name, host),
             }, expect=config.cluster.expect, expect_timeout=config.cluster.expect_timeout,
-                state_dir=config.node.data_dir / "services")
+                state_dir=config.node.data_dir / "services", beat=self._beat)
             keyring_file = None if keyring is None else config.cluster.keyring
             replica_server = ReplicaServerKeeper(config.node.data_dir, config.replica_listen, config.cluster.name,
-                                                 keyring_file)
+                                                 keyring_file, beat=self._beat)
             engines = EngineKeeper(config.node.data_dir, config.cluster.name, keyring_file)
             self._volumes = VolumeKeeper(self, engines, *volume_attacher(config.node.data_dir / "volumes"),
                                          folder=config.node.data_dir / "volumes",
-                                         replica_server=self._replica_address(local=True))
+                                         replica_server=self._replica_address(local=True), beat=self._beat)
             self._publisher = DocumentPublisher(self._first_document(), self.documents, self.events,
                                                 self.node.set_app_state)
             # The engines still running from before a restart go into the first document, so no

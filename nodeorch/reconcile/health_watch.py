@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from drivers.health import ExecProbe, HttpProbe, Probe, TcpProbe
+from nodeorch.core.beat import Beat
 from nodeorch.core.health_verdicts import HealthTracker, aggregate, observers
 from nodeorch.spec.service_spec import HealthSpec, ServiceSpec
 from nodeorch.state.records import HealthStatus, HealthVerdict
@@ -45,8 +46,9 @@ def probe_for(spec: HealthSpec, env: Mapping[str, str]) -> Probe:
 
 class HealthWatcher:
     def __init__(self, me: str, on_change: Callable[[], None], clock: Callable[[], float] = time.time,
-                 source: str | None = None) -> None:
+                 source: str | None = None, beat: Beat | None = None) -> None:
         self._me = me
+        self._beat = beat or Beat()
         self._source = source
         self._on_change = on_change
         self._clock = clock
@@ -83,7 +85,7 @@ class HealthWatcher:
                 log.info("%s: %s/%s on %s is %s (%s)", self._me, item.service, item.slot, item.owner, after,
                          result.detail)
                 self._on_change()
-            await asyncio.sleep(spec.health.interval)
+            await asyncio.sleep(self._beat.until_next(spec.health.interval))
 
     def records(self) -> tuple[HealthVerdict, ...]:
         """This node's verdicts, for its document."""

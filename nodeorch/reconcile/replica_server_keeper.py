@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nodeorch.core.backoff import Backoff, BackoffPolicy
+from nodeorch.core.beat import Beat
 from nodeorch.reconcile.detached_process import read_fresh_status, read_record, start_detached, terminate
 from nodeorch.state.records import ReplicaMode, ReplicaRecord
 
@@ -50,7 +51,7 @@ def _without_counters(replicas: tuple[ReplicaRecord, ...]) -> tuple[ReplicaRecor
 
 class ReplicaServerKeeper:
     def __init__(self, data_dir: Path, listen: tuple[str, int], cluster: str, keyring: Path | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, beat: Beat | None = None) -> None:
         self.folder = data_dir / "volumes"
         self.pid_file = self.folder / "replica-server.json"
         self.status_file = self.folder / "replica-server.status"
@@ -58,6 +59,7 @@ class ReplicaServerKeeper:
         self._cluster = cluster
         self._keyring = keyring
         self._clock = clock
+        self._beat = beat or Beat()
         self._child: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
         self._backoff = Backoff(RESTART_BACKOFF)
@@ -92,7 +94,7 @@ class ReplicaServerKeeper:
             if worth_publishing(self.replicas, replicas, self._clock() - self._published_at):
                 self.replicas, self._published_at = replicas, self._clock()
                 await publish(replicas)
-            await asyncio.sleep(CHECK_INTERVAL)
+            await asyncio.sleep(self._beat.until_next(CHECK_INTERVAL))
 
     def _adopt(self) -> int | None:
         record = read_record(self.pid_file)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from drivers.containers import ContainerDriver, DriverError, InstanceSpec, InstanceState, InstanceStatus, logical_slot
 from gossip import Member, MemberState
+from nodeorch.core.beat import Beat
 from nodeorch.core.placement import Assignment, NodeView
 from nodeorch.errors import NodeorchError
 from nodeorch.reconcile.cluster_view import node_views
@@ -129,8 +130,9 @@ Published = tuple[tuple[InstanceRecord, ...], tuple[HealthVerdict, ...], tuple[U
 class ServiceRunner:
     def __init__(self, host: ServiceHost, drivers: Mapping[str, ContainerDriver],
                  clock: Callable[[], float] = time.time, *, expect: int = 0, expect_timeout: float = 60.0,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, beat: Beat | None = None) -> None:
         self._host = host
+        self._beat = beat or Beat()
         self._drivers = dict(drivers)
         self._holder: dict[str, str] = {}
         self._unreachable: dict[str, str] = {}
@@ -144,7 +146,7 @@ class ServiceRunner:
         self._gate = PlacementGate(clock(), expect, expect_timeout)
         self._settled = False
         self._stopping = False
-        self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name))
+        self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name), beat=self._beat)
         self._health_map: dict[Watched, HealthStatus] = {}
         self._history = SpecHistory(state_dir / "specs.json" if state_dir else None)
         self._marks = UpdateMarks(state_dir / "updates.json" if state_dir else None)
@@ -186,7 +188,7 @@ class ServiceRunner:
             except Exception:
                 log.exception("%s: services pass failed; retrying", self._host.name)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RESYNC):
+                async with asyncio.timeout(self._beat.until_next(RESYNC)):
                     await self._wake.wait()
             self._wake.clear()
 

@@ -24,6 +24,7 @@ from drivers.attach import Attacher, AttachError
 from drivers.attach.fuse_loop import FuseLoopAttacher, missing_tools
 from drivers.containers import DriverError, InstanceSpec, VolumeBinding, logical_slot
 from gossip import Member
+from nodeorch.core.beat import Beat
 from nodeorch.core.replica_placement import ReplicaPlan
 from nodeorch.reconcile.engine_keeper import EngineKeeper
 from nodeorch.reconcile.job_table import Job, JobTable
@@ -91,9 +92,11 @@ class VolumeHost(Protocol):
 
 class VolumeKeeper:
     def __init__(self, host: VolumeHost, engines: EngineKeeper, attacher: Attacher | None,
-                 attach_error: str = "", *, folder: Path | None = None, replica_server: str = "") -> None:
+                 attach_error: str = "", *, folder: Path | None = None, replica_server: str = "",
+                 beat: Beat | None = None) -> None:
         """`folder`: where tombstones are kept; `replica_server`: HOST:PORT of this node's."""
         self._host = host
+        self._beat = beat or Beat()
         self.engines = engines
         self.requests = VolumeRequests(host, engines, self.view, folder, replica_server)
         """Operators' requests: delete and salvage."""
@@ -162,7 +165,7 @@ class VolumeKeeper:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(INTERVAL)
+            await asyncio.sleep(self._beat.until_next(INTERVAL))
             desired = self._host.desired_state()
             if desired is None or not self._host.settled() or not self.has_work(desired):
                 continue

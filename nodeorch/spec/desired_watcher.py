@@ -10,6 +10,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from nodeorch.core.beat import Beat
 from nodeorch.spec.desired import DesiredStatus, load_desired
 from nodeorch.spec.toml_tables import ConfigFileError
 from nodeorch.spec.volume_spec import check_growth
@@ -21,8 +22,9 @@ DESIRED_POLL = 2.0
 
 
 class DesiredWatcher:
-    def __init__(self, node: str, path: Path, events: EventLog) -> None:
+    def __init__(self, node: str, path: Path, events: EventLog, beat: Beat | None = None) -> None:
         self._node = node
+        self._beat = beat or Beat()
         self._path = path
         self._events = events
         self._mtime: float | None = None
@@ -65,7 +67,7 @@ class DesiredWatcher:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(DESIRED_POLL):
+                    async with asyncio.timeout(self._beat.until_next(DESIRED_POLL)):
                         await hangup.wait()
                 forced = hangup.is_set()
                 hangup.clear()
