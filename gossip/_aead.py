@@ -1,9 +1,9 @@
-"""AES-256-GCM from the OpenSSL libcrypto that Python's own ssl module already loaded, via ctypes.
+"""AES-256-GCM from OpenSSL's libcrypto, via ctypes: the library hashlib has already loaded.
 
 Every agent pays for what it imports: a dedicated crypto package costs about 7 MB of memory per
-process, while libcrypto is mapped already (asyncio imports ssl). The format is standard AES-GCM:
-ciphertext followed by the 16-byte tag, a 12-byte nonce, the associated data authenticated
-(tests check byte-for-byte agreement with an independent implementation).
+process, while libcrypto is mapped already (Python's hashlib is built on it). The format is
+standard AES-GCM: ciphertext followed by the 16-byte tag, a 12-byte nonce, the associated data
+authenticated (tests check byte-for-byte agreement with an independent implementation).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import ssl  # noqa: F401 (loads libcrypto into the process; the lookup below finds that copy)
+import hashlib  # noqa: F401 (loads libcrypto into the process; the lookup below finds that copy)
 
 from gossip._errors import GossipError
 
@@ -19,7 +19,7 @@ TAG_SIZE = 16
 NONCE_SIZE = 12
 _CTRL_GCM_GET_TAG = 0x10
 _CTRL_GCM_SET_TAG = 0x11
-_LIBRARY_NAMES = ("libcrypto.so.3", "libcrypto.so.1.1", ctypes.util.find_library("crypto"))
+_LIBRARY_NAMES = ("libcrypto.so.3", "libcrypto.so.1.1")
 
 
 class AuthenticationFailed(Exception):
@@ -27,7 +27,8 @@ class AuthenticationFailed(Exception):
 
 
 def _load() -> ctypes.CDLL:
-    for name in _LIBRARY_NAMES:
+    # find_library runs ldconfig: asked only when no usual name loads.
+    for name in (*_LIBRARY_NAMES, ctypes.util.find_library("crypto")):
         if not name:
             continue
         try:

@@ -1,5 +1,5 @@
 """python -m nodeorch: the same as the `nodeorch` command."""
 
-from nodeorch.faces.cli import main
+from nodeorch.faces.entry import main
 
 raise SystemExit(main())
