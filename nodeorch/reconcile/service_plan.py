@@ -8,7 +8,7 @@ them as jobs and publishes the outcome in its document.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from drivers.containers import InstanceSpec, InstanceState, InstanceStatus, logical_slot, successor_slot
@@ -117,6 +117,22 @@ def placed_slots(specs: Iterable[ServiceSpec], nodes: Iterable[NodeView], runnin
     return placement
 
 
+class PlacementMemo:
+    """placed_slots, answered again while its inputs are equal: every services pass asks, and in a
+    quiet cluster the nodes, the desired services and the instances holding slots stay the same."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[list[ServiceSpec], list[NodeView], list[RunningInstance], dict[str, str]],
+                          list[Assignment]] | None = None
+
+    def placed_slots(self, specs: Iterable[ServiceSpec], nodes: Iterable[NodeView], running: list[RunningInstance],
+                     volume_slots: Mapping[str, str]) -> list[Assignment]:
+        inputs = (list(specs), list(nodes), running, dict(volume_slots))
+        if self._last is None or self._last[0] != inputs:
+            self._last = (inputs, placed_slots(*inputs))
+        return self._last[1]
+
+
 def _running_first(instances: list[InstanceStatus]) -> list[InstanceStatus]:
     return sorted(instances, key=lambda i: (i.state is not InstanceState.RUNNING, -i.started_at, i.slot))
 
@@ -209,6 +225,7 @@ def plan_services(
     targets: Mapping[str, SlotTarget] | None = None,
     ready: Container[str] = (),
     current: Container[str] | None = None,
+    placement: Sequence[Assignment] | None = None,
 ) -> list[Decision]:
     """Decisions for this node. `reported`: node name -> instance records from its document;
     `unhealthy`: keys of this node's instances that every live observer judged unhealthy;
@@ -218,11 +235,13 @@ def plan_services(
     the desired spec, every slot at once); `ready`: keys of this node's instances that run and,
     with a health check, are healthy (a start-first successor takes over from them); `current`:
     the nodes whose documents come from their agent's current run (None: all), the only ones
-    whose word that they run a moved instance lets this node stop its own."""
+    whose word that they run a moved instance lets this node stop its own; `placement`: placed_slots
+    of these inputs, when the caller has it already."""
     by_name = {s.name: s for s in specs}
     local = list(local)
     running = held_instances(me, reported, local)
-    placement = placed_slots(by_name.values(), nodes, running, volume_slots or {})
+    if placement is None:
+        placement = placed_slots(by_name.values(), nodes, running, volume_slots or {})
     mine = {f"{a.service}/{a.slot}": a for a in placement if a.node == me}
     owners = {f"{a.service}/{a.slot}": a.node for a in placement}
     # A handover completes when the new owner runs the instance, and, for a service with a health

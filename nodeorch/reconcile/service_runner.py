@@ -26,6 +26,7 @@ from nodeorch.reconcile.job_table import Job, JobTable
 from nodeorch.reconcile.rolling_update import Rollout, SlotInstance, UpdateState, failure_mark, plan_rollout
 from nodeorch.reconcile.service_plan import (
     Decision,
+    PlacementMemo,
     Replace,
     ServiceMemory,
     SlotTarget,
@@ -95,8 +96,6 @@ class ServiceHost(Protocol):
 
     def members(self) -> list[Member]: ...
 
-    def stale(self, name: str) -> bool: ...
-
 
     @property
     def documents(self) -> Mapping[str, NodeDocument]: ...
@@ -146,6 +145,7 @@ class ServiceRunner:
         self._gate = PlacementGate(clock(), expect, expect_timeout)
         self._settled = False
         self._stopping = False
+        self._placement = PlacementMemo()
         self._health = HealthWatcher(host.name, self.trigger, clock, source=host.address_of(host.name), beat=self._beat)
         self._health_map: dict[Watched, HealthStatus] = {}
         self._history = SpecHistory(state_dir / "specs.json" if state_dir else None)
@@ -216,11 +216,13 @@ class ServiceRunner:
         return {f"{r.service}/{logical_slot(r.slot)}" for r in self._published[0]} if self._published else set()
 
     def _reported(self, members: list[Member]) -> dict[str, tuple[InstanceRecord, ...]]:
-        left = self._recently_left(members)
+        """The instances in the documents of the other members that are alive, suspect or just left."""
+        counted = self._recently_left(members) | {m.name for m in members
+                                                  if m.state in (MemberState.ALIVE, MemberState.SUSPECT)}
         return {
             name: tuple(document.instances)
             for name, document in self._host.documents.items()
-            if name != self._host.name and (not self._host.stale(name) or name in left)
+            if name != self._host.name and name in counted
         }
 
     def _specs(self) -> list[ServiceSpec]:
@@ -269,18 +271,20 @@ class ServiceRunner:
             await self._publish(local)
             return
         self._settled = True
-        recreate = self._watch_health(reported, local)
+        recreate = self._watch_health(members, reported, local)
         specs = self._specs()
         own = self._records(local)
         nodes, volume_slots = self._nodes(members), self._host.volume_slots()
-        targets = self._roll(now, specs, reported, local, own, nodes, volume_slots)
+        placement = self._placement.placed_slots(specs, nodes, held_instances(self._host.name, reported, local),
+                                                 volume_slots)
+        targets = self._roll(now, specs, reported, own, placement)
         ready = {r.key for r in own if r.state is InstancePhase.RUNNING and r.health is not HealthStatus.UNHEALTHY
                  and (r.health is HealthStatus.HEALTHY or self._unchecked(r.service))}
         metas = {m.name: m.meta for m in members}
         current = {name for name in reported
                    if name in metas and of_current_life(metas[name], self._host.documents[name])}
         decisions = plan_services(now, self._host.name, specs, nodes, reported, local, self._memory,
-                                  recreate, volume_slots, targets, ready, current)
+                                  recreate, volume_slots, targets, ready, current, placement)
         for decision in decisions:
             self._submit(decision)
         await self._publish(local)
@@ -289,8 +293,7 @@ class ServiceRunner:
         return any(s.name == service and s.health is None for s in self._host.desired_services())
 
     def _roll(self, now: float, specs: list[ServiceSpec], reported: Mapping[str, tuple[InstanceRecord, ...]],
-              local: list[InstanceStatus], own: tuple[InstanceRecord, ...], nodes: list[NodeView],
-              volume_slots: Mapping[str, str]) -> dict[str, SlotTarget]:
+              own: tuple[InstanceRecord, ...], placement: list[Assignment]) -> dict[str, SlotTarget]:
         """Where each service's rolling update stands; this node's failing instances leave their
         mark; returns what this node's slots should run and which it may replace now."""
         me = self._host.name
@@ -302,7 +305,7 @@ class ServiceRunner:
                 instances.setdefault(r.service, []).append(
                     SlotInstance(logical_slot(r.slot), node, r.digest, r.state, r.health, r.since))
         slots: dict[str, list[str]] = {}
-        for a in placed_slots(specs, nodes, held_instances(me, reported, local), volume_slots):
+        for a in placement:
             slots.setdefault(a.service, []).append(a.slot)
         # Every document's marks, a dead node's too: a pause is the cluster's, not a member's.
         marks = [m for name, d in self._host.documents.items() if name != me for m in d.updates]
@@ -372,15 +375,15 @@ class ServiceRunner:
                 if m.name != self._host.name and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
         return self._gate.is_open(now, live, self._host.documents)
 
-    def _watch_health(
-        self, reported: Mapping[str, tuple[InstanceRecord, ...]], local: list[InstanceStatus]
-    ) -> set[str]:
+    def _watch_health(self, members: list[Member], reported: Mapping[str, tuple[InstanceRecord, ...]],
+                      local: list[InstanceStatus]) -> set[str]:
         """Probe what this node observes; returns its own instances to recreate for their health."""
         specs = {s.name: s for s in self._host.desired_services()}
-        live = frozenset(m.name for m in self._host.members() if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+        live = frozenset(m.name for m in members if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
         watched: list[Watched] = []
+        addresses = {m.name: m.addr[0] for m in members}
         for node, records in reported.items():
-            host = self._host.address_of(node)
+            host = addresses.get(node)
             for r in records:
                 if r.state is InstancePhase.RUNNING and host:
                     watched.append(Watched(r.service, r.slot, node, r.ref, host, r.since))

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from drivers.containers import InstanceState, InstanceStatus
-from nodeorch.core.placement import NodeView
-from nodeorch.reconcile.service_plan import Replace, ServiceMemory, Start, Stop, plan_services
+from nodeorch.core.placement import Assignment, NodeView, RunningInstance
+from nodeorch.reconcile.service_plan import (
+    PlacementMemo,
+    Replace,
+    ServiceMemory,
+    Start,
+    Stop,
+    placed_slots,
+    plan_services,
+)
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.state.records import HealthStatus, InstancePhase, InstanceRecord
 
@@ -110,3 +118,14 @@ def test_a_health_checked_handover_waits_for_the_new_instance_to_be_healthy() ->
     healthy = {other: [InstanceRecord("web", "0", InstancePhase.RUNNING, health=HealthStatus.HEALTHY)]}
     (stop,) = plan_services(2.0, me, [checked], draining, healthy, [mine], memory)
     assert isinstance(stop, Stop)
+
+
+def test_the_placement_memo_answers_again_only_for_equal_inputs() -> None:
+    memo = PlacementMemo()
+    held = [RunningInstance("web", "0", "a")]
+    first = memo.placed_slots([WEB], NODES, held, {})
+    assert first == placed_slots([WEB], NODES, held, {}) == [Assignment("web", "0", "a")]
+    assert memo.placed_slots([WEB], list(NODES), [RunningInstance("web", "0", "a")], {}) is first
+    draining = [NodeView("a", draining=True), NodeView("b")]
+    assert memo.placed_slots([WEB], draining, held, {}) == [Assignment("web", "0", "b")], "a node drains"
+    assert memo.placed_slots([WEB], NODES, [], {}) == placed_slots([WEB], NODES, [], {}), "its instance stopped"
