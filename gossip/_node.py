@@ -164,6 +164,7 @@ class GossipNode:
         self._core: GossipCore | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._rejoin_at = math.inf
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._streams: set[EventStream] = set()
@@ -195,7 +196,7 @@ class GossipNode:
             await self._transport.__aexit__(None, None, None)
             raise
         self._transport.serve(self._on_packet, self._on_request, self._on_unreachable)
-        self._tasks.add(asyncio.create_task(self._rejoin_seeds()))
+        self._rejoin_at = now + self._rejoin_delay()
         self._arm()
         log.info("%s: gossip listening on %s:%s", self.name, *self._transport.local_addr)
         return self
@@ -344,10 +345,16 @@ class GossipNode:
 
     def _on_timer(self) -> None:
         self._timer = None
+        now = self._now()
         try:
-            self._run(self.core.tick(self._now()))
+            self._run(self.core.tick(now))
         except Exception:
             log.exception("%s: protocol timer failed; continuing", self.name)
+        if now >= self._rejoin_at:
+            self._rejoin_at = now + self._rejoin_delay()
+            task = asyncio.create_task(self._rejoin_seeds())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self._arm()
 
     def _run(self, actions: list[Action]) -> list[asyncio.Future[bool]]:
@@ -430,16 +437,18 @@ class GossipNode:
             return None
         return None if reply is None else self._sealer.seal(reply, CHANNEL_STREAM)
 
+    def _rejoin_delay(self) -> float:
+        return self.config.rejoin_interval * (0.5 + self._rng.random())
+
     async def _rejoin_seeds(self) -> None:
-        """Periodically exchange state with one seed that is not a live member, if any."""
-        while True:
-            await asyncio.sleep(self.config.rejoin_interval * (0.5 + self._rng.random()))
-            if not self._seeds or self.core.local.state is MemberState.LEFT:
-                continue
-            known = {m.addr for m in self.core.alive_peers()}
-            try:
-                candidates = [a for a in await resolve(self._seeds) if a not in known and a != self.local_addr]
-            except ConfigError:
-                continue
-            if candidates:
-                self._run(self.core.join([self._rng.choice(candidates)]))
+        """Exchange state with one seed that is not a live member, if any: started from the probe
+        tick every rejoin_interval or so (a timer of its own would be one more idle wake-up)."""
+        if not self._seeds or self.core.local.state is MemberState.LEFT:
+            return
+        known = {m.addr for m in self.core.alive_peers()}
+        try:
+            candidates = [a for a in await resolve(self._seeds) if a not in known and a != self.local_addr]
+        except ConfigError:
+            return
+        if candidates and not self._closed:
+            self._run(self.core.join([self._rng.choice(candidates)]))

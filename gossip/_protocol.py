@@ -229,11 +229,14 @@ class GossipCore:
         """When tick() next has work to do; the driver sleeps until then or until input arrives.
 
         Idle wake-ups are the idle cost: the gossip timer counts only while updates wait to go out,
-        and an acked probe has no deadline left worth waking for. Stall detection measures lateness
-        against the other deadlines only: the gossip one may lie in the past when an update arrives
-        after a quiet spell, which is no sign that this node was stopped.
+        an acked probe has no deadline left worth waking for, and the periodic chores (push-pull,
+        reconnecting to the dead, reaping) ride on the probe tick at or after their time: a wake-up
+        of their own, several times a minute, would bring them at most one probe interval sooner.
+        Stall detection measures lateness against the other deadlines only: the gossip one may lie
+        in the past when an update arrives after a quiet spell, which is no sign that this node
+        was stopped.
         """
-        deadline = min(self._next_probe, self._next_push_pull, self._next_reconnect, self._next_reap)
+        deadline = self._next_probe  # push-pull, reconnection and reaping wait for the probe tick they fall in
         if self._probe is not None and not self._probe.acked:
             deadline = min(
                 deadline,

@@ -52,3 +52,16 @@ async def test_joining_nobody_is_a_clear_error() -> None:
 def test_a_node_without_a_keyring_must_say_it_is_insecure() -> None:
     with pytest.raises(ConfigError, match="insecure=True"):
         GossipNode(local(), name="x")
+
+
+async def test_a_seed_that_was_down_at_join_is_tried_again_until_it_answers() -> None:
+    key = Keyring([generate_key()])
+    port = free_port()
+    async with GossipNode(local(), name="early", bind=("127.0.0.1", free_port()), keyring=key) as early:
+        with pytest.raises(JoinError, match="no seed answered"):
+            await early.join([f"127.0.0.1:{port}"])
+        async with GossipNode(local(), name="seed", bind=("127.0.0.1", port), keyring=key) as seed:
+            # The periodic rejoin rides on the probe tick: within 1.5 rejoin intervals and a tick.
+            await wait_until(lambda: (m := seed.member("early")) is not None and m.state is MemberState.ALIVE,
+                             1.5 * local().rejoin_interval + 2 * local().probe_interval + 2)
+            assert early.member("seed") is not None
