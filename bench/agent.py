@@ -1,11 +1,13 @@
 """Agent benchmark: idle CPU and RSS of real agents, and how fast a node document change reaches
 every node, with Serf's tag propagation (`serf tags -set`) measured in the same run as the anchor.
 
-    python bench/agent.py [--sizes 10,30] [--rounds 5] [--idle 20]
+    python bench/agent.py [--sizes 10,30] [--rounds 5] [--idle 20] [--services-only]
 
 Agents run as `nodeorch dev` runs them: one loopback address each (127.0.0.2, ...), LAN profile,
-encrypted. A document change is a drain toggled through the status endpoint; its arrival at each
-node is read from that node's /v1/events stream.
+encrypted, with the demo's desired state (`--services-only`: without its volume and the service
+using it, as the demo was before volumes existed, so idle figures compare with older runs).
+A document change is a drain toggled through the status endpoint; its arrival at each node is
+read from that node's /v1/events stream.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import MonitoredProcess, cpu_seconds, fmt, free_ports, parse_serf_line, rss_mb, wait_for
 
 from gossip import generate_key
-from nodeorch.faces.dev import DevCluster
+from nodeorch.faces.dev import DevCluster, demo_desired
 
 
 async def follow(session: aiohttp.ClientSession, api: str, node: str, arrivals: dict[int, float],
@@ -46,8 +48,9 @@ async def follow(session: aiohttp.ClientSession, api: str, node: str, arrivals: 
                     arrivals.setdefault(event["version"], time.time())
 
 
-async def measure_agents(count: int, rounds: int, idle: float) -> dict[str, float | None]:
-    cluster = DevCluster(count, Path(tempfile.mkdtemp(prefix="nodeorch-bench-")))
+async def measure_agents(count: int, rounds: int, idle: float, services_only: bool) -> dict[str, float | None]:
+    desired = demo_desired(volumes=False) if services_only else None
+    cluster = DevCluster(count, Path(tempfile.mkdtemp(prefix="nodeorch-bench-")), desired)
     cluster.prepare()
     await cluster.start()
     try:
@@ -145,7 +148,7 @@ async def main_async(args: argparse.Namespace) -> None:
           "Serf tag propagation median / max |")
     print("|---|---|---|---|---|")
     for count in [int(s) for s in args.sizes.split(",")]:
-        ours = await measure_agents(count, args.rounds, args.idle)
+        ours = await measure_agents(count, args.rounds, args.idle, args.services_only)
         serf = await measure_serf(count, args.rounds) if shutil.which("serf") else {"median": None, "max": None}
         print(f"| {count} | {fmt(ours['cpu'], '', 3)} | {fmt(ours['rss'], '', 1)} | "
               f"{fmt(ours['median'], ' s', 3)} / {fmt(ours['max'], ' s', 3)} | "
@@ -157,6 +160,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,30")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--idle", type=float, default=20.0)
+    parser.add_argument("--services-only", action="store_true", help="the demo without its volume")
     asyncio.run(main_async(parser.parse_args()))
 
 

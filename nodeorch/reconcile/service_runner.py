@@ -96,7 +96,6 @@ class ServiceHost(Protocol):
 
     def members(self) -> list[Member]: ...
 
-
     @property
     def documents(self) -> Mapping[str, NodeDocument]: ...
 
