@@ -165,6 +165,7 @@ class GossipNode:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._rejoin_at = math.inf
+        self._rejoining: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._streams: set[EventStream] = set()
@@ -350,11 +351,12 @@ class GossipNode:
             self._run(self.core.tick(now))
         except Exception:
             log.exception("%s: protocol timer failed; continuing", self.name)
-        if now >= self._rejoin_at:
+        if now >= self._rejoin_at and (self._rejoining is None or self._rejoining.done()):
+            # One at a time: a seed's name can take long to resolve while its DNS is down.
             self._rejoin_at = now + self._rejoin_delay()
-            task = asyncio.create_task(self._rejoin_seeds())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._rejoining = asyncio.create_task(self._rejoin_seeds())
+            self._tasks.add(self._rejoining)
+            self._rejoining.add_done_callback(self._tasks.discard)
         self._arm()
 
     def _run(self, actions: list[Action]) -> list[asyncio.Future[bool]]:
