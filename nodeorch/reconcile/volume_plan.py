@@ -154,6 +154,10 @@ def volume_view(volumes: Iterable[VolumeSpec], services: Collection[ServiceSpec]
                       rebuilding, {name: d.max_rebuilds for name, d in documents.items()})
 
 
+KEPT_VIEWS = 2
+"""Views kept at once, one per set of own engines asked with: the passes' and the status pages'."""
+
+
 class VolumeViewCache:
     """The last volume views computed, returned again while their inputs stay the same: both the
     services pass and the volume pass ask for the view every second, and in a quiet cluster nothing
@@ -174,7 +178,10 @@ class VolumeViewCache:
         if last is not None and last[0] == inputs:
             return last[1]
         view = volume_view(volumes, services, members, documents, me, own, now)
+        self._last.pop(own, None)
         self._last[own] = (inputs, view)
+        while len(self._last) > KEPT_VIEWS:  # the oldest goes: engines come and go over months
+            del self._last[next(iter(self._last))]
         return view
 
 

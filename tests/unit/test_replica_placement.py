@@ -12,6 +12,7 @@ from gossip import Member, MemberState
 from nodeorch.core.placement import NodeView, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaSite, VolumeShape, place_replicas, place_volumes
 from nodeorch.reconcile.volume_plan import (
+    KEPT_VIEWS,
     VolumeViewCache,
     engine_events,
     engine_nodes,
@@ -193,6 +194,10 @@ def test_the_view_cache_answers_again_only_while_nothing_it_depends_on_changed()
     left = [member("a", MemberState.LEFT, 90.0), alive[1]]
     assert cache.view(db, (), left, documents, "b", (), now=100.0).engines == {"db": "a"}, "within the grace"
     assert cache.view(db, (), left, documents, "b", (), now=121.0).engines == {"db": "b"}, "past it: computed again"
+    for engines_here in (("a",), ("b",), ("c",), ("d",)):
+        cache.view(db, (), alive, documents, "b", engines_here, now=500.0)
+    assert len(cache._last) <= KEPT_VIEWS, "a node whose engines change for months keeps a bounded cache"
+
 
 DB_SERVICE = (b'revision = 1\n[[volume]]\nname = "db"\nsize = "1GiB"\nreplicas = 2\n'
               b'[[service]]\nname = "db"\ncommand = ["x"]\nvolumes = [{ volume = "db", path = "/d" }]\n')
