@@ -26,6 +26,11 @@ def _view(name: str, state: MemberState, draining: bool, meta: bytes) -> NodeVie
                     suspect=state is MemberState.SUSPECT, draining=draining, labels=decode_labels(meta))
 
 
+def live_names(members: Iterable[Member]) -> frozenset[str]:
+    """The members that count as running: alive, or suspected but not yet declared dead."""
+    return frozenset(m.name for m in members if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
+
 def down_since(members: Iterable[Member]) -> dict[str, float]:
     """When each member that is dead or left entered that state (unix time, as member snapshots give it)."""
     return {m.name: m.state_since for m in members if m.state in (MemberState.DEAD, MemberState.LEFT)}

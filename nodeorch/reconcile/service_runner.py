@@ -20,7 +20,7 @@ from gossip import Member, MemberState
 from nodeorch.core.beat import Beat
 from nodeorch.core.placement import Assignment, NodeView
 from nodeorch.errors import NodeorchError
-from nodeorch.reconcile.cluster_view import node_views
+from nodeorch.reconcile.cluster_view import live_names, node_views
 from nodeorch.reconcile.health_watch import HealthWatcher, Watched, instance_health, to_recreate
 from nodeorch.reconcile.job_table import Job, JobTable
 from nodeorch.reconcile.rolling_update import Rollout, SlotInstance, UpdateState, failure_mark, plan_rollout
@@ -216,8 +216,7 @@ class ServiceRunner:
 
     def _reported(self, members: list[Member]) -> dict[str, tuple[InstanceRecord, ...]]:
         """The instances in the documents of the other members that are alive, suspect or just left."""
-        counted = self._recently_left(members) | {m.name for m in members
-                                                  if m.state in (MemberState.ALIVE, MemberState.SUSPECT)}
+        counted = self._recently_left(members) | live_names(members)
         return {
             name: tuple(document.instances)
             for name, document in self._host.documents.items()
@@ -370,15 +369,14 @@ class ServiceRunner:
         return self._settled
 
     def _view_complete(self, now: float) -> bool:
-        live = [m.name for m in self._host.members()
-                if m.name != self._host.name and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
-        return self._gate.is_open(now, live, self._host.documents)
+        peers = live_names(self._host.members()) - {self._host.name}
+        return self._gate.is_open(now, peers, self._host.documents)
 
     def _watch_health(self, members: list[Member], reported: Mapping[str, tuple[InstanceRecord, ...]],
                       local: list[InstanceStatus]) -> set[str]:
         """Probe what this node observes; returns its own instances to recreate for their health."""
         specs = {s.name: s for s in self._host.desired_services()}
-        live = frozenset(m.name for m in members if m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+        live = live_names(members)
         watched: list[Watched] = []
         addresses = {m.name: m.addr[0] for m in members}
         for node, records in reported.items():

@@ -10,7 +10,7 @@ from typing import Any
 from gossip import Member, MemberState
 from nodeorch.core.placement import NodeView, RunningInstance, ServiceShape, place_service
 from nodeorch.core.replica_placement import ReplicaPlan, ReplicaSite, VolumeShape, place_volumes
-from nodeorch.reconcile.cluster_view import down_since, node_views
+from nodeorch.reconcile.cluster_view import down_since, live_names, node_views
 from nodeorch.spec.service_spec import ServiceSpec
 from nodeorch.spec.volume_spec import VolumeSpec, volume_for_slot
 from nodeorch.state.node_document import NodeDocument
@@ -123,9 +123,8 @@ def volume_view(volumes: Iterable[VolumeSpec], services: Collection[ServiceSpec]
     """`now`: unix time, as member snapshots give `state_since`. A node declared dead loses its
     engines at once; one that left keeps them for ENGINE_LEFT_GRACE. Slots go only to nodes
     whose document says they can attach volumes."""
-    states = {m.name: m for m in members}
     away = {m.name for m in members if m.state is MemberState.LEFT and now - m.state_since < ENGINE_LEFT_GRACE}
-    counted = {name for name, m in states.items() if m.state in (MemberState.ALIVE, MemberState.SUSPECT)} | away
+    counted = live_names(members) | away
     nodes = [replace(n, alive=True, suspect=True) if n.name in away else n for n in node_views(members, documents)]
     reported = {name: document.replicas for name, document in documents.items()}
     reports: dict[str, tuple[int, str]] = {}
